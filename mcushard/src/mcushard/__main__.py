@@ -1,0 +1,3 @@
+from mcushard.cli import main
+
+main()

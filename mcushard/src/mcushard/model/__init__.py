@@ -1,0 +1,1 @@
+"""Model descriptions, presets and weight readers."""

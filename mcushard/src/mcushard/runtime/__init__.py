@@ -1,0 +1,1 @@
+"""Execution: fp32 reference, int8 as an MCU runs it, and the distributed run."""

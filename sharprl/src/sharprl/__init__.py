@@ -1,0 +1,3 @@
+"""sharprl: sharpness-aware first-order policy learning on differentiable Brax."""
+
+__version__ = "0.1.0"
