@@ -1,17 +1,21 @@
 """Reader for llama2.c's legacy checkpoint format.
 
 Layout: seven little-endian int32 (dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size,
-seq_len), then fp32 tensors: the embedding, each per-layer kind of `FILE_ORDER` stacked over layers, the final norm, then the RoPE tables
-(freq_cis_real, freq_cis_imag: seq_len * head_dim / 2 each, unused here: RoPE is recomputed), then
-the classifier [vocab, dim] when vocab_size in the header is negative (an unshared classifier).
+seq_len), then fp32 tensors: the embedding, each per-layer kind of `FILE_ORDER` stacked over
+layers, the final norm, then the RoPE tables (freq_cis_real, freq_cis_imag: seq_len * head_dim / 2
+each, unused here: RoPE is recomputed), then the classifier [vocab, dim] when vocab_size in the
+header is negative (an unshared classifier). The format has no field for norm_eps or rope_theta:
+llama2.c fixes them at 1e-5 and 10000.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 
+from mcushard.atomic import write_bytes_atomic
 from mcushard.errors import McushardError
 from mcushard.model.config import LlamaConfig
 from mcushard.model.weights import Weights, check_finite, llama_shapes
@@ -35,8 +39,12 @@ def read_header(path: Path, raw: bytes) -> LlamaConfig:
 
 
 def expected_bytes(cfg: LlamaConfig) -> int:
-    floats = sum(int(np.prod(s)) for s in llama_shapes(cfg).values())
-    floats += cfg.max_seq_len * cfg.head_dim  # the two RoPE tables of seq_len * head_dim / 2
+    """File size the header implies, computed from one layer's shapes so that a forged header with
+    billions of layers costs nothing to reject."""
+    one_layer = llama_shapes(cfg.replace(n_layers=1))
+    per_layer = sum(math.prod(s) for n, s in one_layer.items() if n.startswith("layers."))
+    other = sum(math.prod(s) for n, s in one_layer.items() if not n.startswith("layers."))
+    floats = other + cfg.n_layers * per_layer + cfg.max_seq_len * cfg.head_dim  # + the RoPE tables
     return HEADER_BYTES + 4 * floats
 
 
@@ -76,3 +84,36 @@ def load_llama2c(path: str | Path) -> tuple[LlamaConfig, Weights]:
         take("output")
     check_finite(weights, str(path))
     return cfg, weights
+
+
+def write_llama2c(path: str | Path, cfg: LlamaConfig, weights: Weights) -> None:
+    """Write a llama2.c legacy checkpoint atomically (temp file + rename); inverse of `load_llama2c`.
+
+    An unshared classifier is written after the RoPE tables and flagged by a negative vocab_size.
+    """
+    path = Path(path)
+    if cfg.norm_eps != 1e-5 or cfg.rope_theta != 10000.0:
+        raise McushardError(
+            f"{path}: the llama2.c format fixes norm_eps 1e-5 and rope_theta 10000, "
+            f"the model has {cfg.norm_eps} and {cfg.rope_theta}"
+        )
+    shapes = llama_shapes(cfg)
+    for name, shape in shapes.items():
+        if name not in weights or tuple(weights[name].shape) != shape:
+            got = "missing" if name not in weights else f"shape {tuple(weights[name].shape)}"
+            raise McushardError(f"{path}: cannot write tensor {name!r}: {got}, expected {shape}")
+    from mcushard.runtime.reference import rope_tables
+
+    cos, sin = rope_tables(cfg)  # [seq, head_dim/2] each
+    vocab = cfg.vocab_size if cfg.shared_classifier else -cfg.vocab_size
+    header = np.array([cfg.dim, cfg.hidden_dim, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, vocab,
+                       cfg.max_seq_len], dtype="<i4")
+    order = ["tok_embeddings"]
+    order += [f"layers.{layer}.{kind}" for kind in FILE_ORDER for layer in range(cfg.n_layers)]
+    order += ["norm"]
+    parts = [header.tobytes()] + [np.ascontiguousarray(weights[n], dtype="<f4").tobytes() for n in order]
+    parts += [cos.astype("<f4").tobytes(), sin.astype("<f4").tobytes()]
+    if not cfg.shared_classifier:
+        parts.append(np.ascontiguousarray(weights["output"], dtype="<f4").tobytes())
+    write_bytes_atomic(path, b"".join(parts))
+
