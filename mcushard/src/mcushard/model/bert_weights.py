@@ -28,6 +28,9 @@ from mcushard.model.config import BertConfig
 Weights = dict[str, np.ndarray]
 Shapes = dict[str, tuple[int, ...]]
 
+RESIDUAL_WRITE_GAIN = 0.2  # random init: scale of projections whose output is added to a residual
+_RESIDUAL_WRITES = ("output.dense.weight", "output.bottleneck.dense.weight")
+
 
 def hf_family(cfg: BertConfig) -> Literal["mobilebert", "bert"]:
     """The HF model class a config corresponds to (also the state-dict prefix HF checkpoints use)."""
@@ -114,9 +117,11 @@ def bert_shapes(cfg: BertConfig) -> Shapes:
 def random_bert(cfg: BertConfig, seed: int = 0) -> Weights:
     """Seeded random float32 weights that keep activations of order 1 through the whole stack.
 
-    Linear weights ~ N(0, 1/in_features), biases ~ N(0, 0.1^2), embeddings ~ N(0, 0.5^2), norm gammas
-    ~ 1 + N(0, 0.1^2), betas ~ N(0, 0.1^2). (A trained model's std-0.02 init would make NoNorm
-    MobileBERT's outputs tiny, and a 1e-4 comparison against another implementation meaningless.)
+    Linear weights ~ N(0, 1/in_features), except those that write into a residual stream (the
+    `output.dense` / `output.bottleneck.dense` projections), which are 0.2x that, so that NoNorm's 24
+    blocks of 6 residual additions each do not grow activations without bound. Biases ~ N(0, 0.1^2),
+    embeddings ~ N(0, 0.5^2), norm gammas ~ 1 + N(0, 0.1^2), betas ~ N(0, 0.1^2). (A trained model's
+    std-0.02 init would make NoNorm MobileBERT's outputs tiny, and a 1e-4 check meaningless.)
     """
     rng = np.random.default_rng(seed)
     weights: Weights = {}
@@ -128,6 +133,18 @@ def random_bert(cfg: BertConfig, seed: int = 0) -> Weights:
         elif name.endswith(".bias"):
             value = 0.1 * rng.standard_normal(shape)
         else:  # linear weight [out, in]
-            value = rng.standard_normal(shape) / np.sqrt(shape[1])
+            gain = RESIDUAL_WRITE_GAIN if name.endswith(_RESIDUAL_WRITES) else 1.0
+            value = gain * rng.standard_normal(shape) / np.sqrt(shape[1])
         weights[name] = value.astype(np.float32)
     return weights
+
+
+def check_bert_weights(cfg: BertConfig, weights: Weights, source: str) -> None:
+    """Every tensor `bert_shapes(cfg)` names is present with its shape; else one clear error."""
+    for name, shape in bert_shapes(cfg).items():
+        if name not in weights:
+            raise McushardError(f"{source}: tensor {name!r} is missing")
+        if tuple(weights[name].shape) != shape:
+            raise McushardError(
+                f"{source}: tensor {name!r} has shape {tuple(weights[name].shape)}, expected {shape}"
+            )
