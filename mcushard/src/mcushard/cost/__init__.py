@@ -1,0 +1,1 @@
+"""Cost model: compute, memory, collectives, simulation, traces."""

@@ -1,0 +1,222 @@
+"""Tensor-parallel split of Llama decoders (the paper's scheme) and the step builder shared by all.
+
+Per block, on a group of chips: attention by heads (Q, K, V rows of whole heads, O by the matching
+columns), SwiGLU w1/w3 by rows and w2 by columns, one all-reduce after O and one after w2; norms and
+residuals replicated; each chip caches K/V of its own heads only. Embedding and classifier are split
+by vocabulary rows; the token lookup is an all-reduce of zero-padded rows, the head ends with an
+argmax all-reduce (value, index). Uneven splits give the first chips one more head / row.
+
+More chips than KV heads (GQA with N > n_kv_heads, or the paper's scaled TinyLlama on 64 chips with
+8 heads): each KV group (one K/V head and its n_rep query heads) gets a set of chips that split the
+head dimension (in RoPE pairs). Every chip holds the head-dim slice of Q, K, V rows and of the O
+columns, and caches its K/V slice; the partial scores q.k of the group are all-reduced (n_rep values
+per attended key) before the softmax, after which each chip forms its head-dim slice of the output
+with its own V slice. Weights stay stationary, each byte on one chip, KV never duplicated; the cost
+is one extra small all-reduce per block.
+"""
+
+from __future__ import annotations
+
+from mcushard.errors import McushardError
+from mcushard.model.config import LlamaConfig
+from mcushard.partition.plan import (
+    PSUM_BYTES,
+    AllReduce,
+    Compute,
+    Plan,
+    Send,
+    Slice,
+    Step,
+    Work,
+    split,
+    split_even,
+)
+
+ONE = (0, 1)  # column range of a 1-D tensor
+
+
+class Builder:
+    """Accumulates slices and steps; `plan()` freezes them."""
+
+    def __init__(self, cfg, n_chips: int, algorithm: str, strategy: str, scope: str = "model"):
+        self.cfg = cfg
+        self.n_chips = n_chips
+        self.algorithm = algorithm
+        self.strategy = strategy
+        self.shards: list[list[Slice]] = [[] for _ in range(n_chips)]
+        self.steps: list[Step] = []
+        self.kv = [0] * n_chips
+        self.act = [0] * n_chips
+        self.notes: list[str] = []
+        self.scope = scope
+
+    def hold(self, chip: int, tensor: str, rows, cols=ONE, replicated: bool = False) -> None:
+        if rows[1] > rows[0] and cols[1] > cols[0]:
+            self.shards[chip].append(Slice(tensor, tuple(rows), tuple(cols), replicated))
+
+    def replicate(self, chips, tensor: str, width: int) -> None:
+        for c in chips:
+            self.hold(c, tensor, (0, width), ONE, replicated=len(chips) > 1)
+
+    def compute(self, block: str, label: str, kernel: str, works: list[Work]) -> None:
+        works = [w for w in works if w.macs or w.elements or w.weight_elements]
+        if works:
+            self.steps.append(Compute(block, label, kernel, tuple(works)))
+
+    def elementwise(self, block: str, label: str, chips, elements: int, tensors=()) -> None:
+        self.compute(block, label, "elementwise", [Work(c, tuple(tensors), elements=elements) for c in chips])
+
+    def allreduce(self, block, label, group, elements, elem_bytes=4, per_key=0, op="sum") -> None:
+        if len(group) > 1:
+            self.steps.append(AllReduce(block, label, tuple(group), elements, per_key, elem_bytes, op, self.algorithm))
+
+    def send(self, block, label, src_group, dst_group, elements, elem_bytes) -> None:
+        for i, dst in enumerate(dst_group):
+            src = src_group[i % len(src_group)]
+            if src != dst:
+                self.steps.append(Send(block, label, src, dst, elements, elem_bytes))
+
+    def use_act(self, chip: int, elements: int) -> None:
+        self.act[chip] = max(self.act[chip], elements)
+
+    def plan(self) -> Plan:
+        return Plan(self.cfg, self.strategy, self.n_chips, tuple(tuple(s) for s in self.shards),
+                    tuple(self.steps), tuple(self.kv), tuple(self.act), notes=tuple(dict.fromkeys(self.notes)),
+                    scope=self.scope)
+
+
+def head_layout(n_kv: int, head_dim: int, chips) -> list[list[tuple[int, int, int]]]:
+    """Per chip of `chips`: the (kv_head, dim_start, dim_stop) pieces it owns."""
+    n = len(chips)
+    if n <= n_kv:
+        return [[(g, 0, head_dim) for g in range(a, b)] for a, b in split(n_kv, n)]
+    pieces: list[list[tuple[int, int, int]]] = []
+    for g, (a, b) in enumerate(split(n, n_kv)):
+        if b - a > head_dim // 2:
+            raise McushardError(f"{n} chips: more than {head_dim // 2} chips per head cannot split head_dim {head_dim}")
+        pieces += [[(g, d0, d1)] for d0, d1 in split_even(head_dim, b - a)]
+    return pieces
+
+
+def head_groups(layout, chips) -> list[tuple[int, ...]]:
+    """Chips sharing one KV head (only when heads are split within)."""
+    by_head: dict[int, list[int]] = {}
+    for chip, pieces in zip(chips, layout):
+        for g, d0, d1 in pieces:
+            by_head.setdefault(g, []).append(chip)
+    return [tuple(v) for v in by_head.values() if len(v) > 1]
+
+
+def llama_embed(b: Builder, cfg: LlamaConfig, chips) -> None:
+    vocab_rows = split(cfg.vocab_size, len(chips))
+    for c, rows in zip(chips, vocab_rows):
+        b.hold(c, "tok_embeddings", rows, (0, cfg.dim))
+    b.compute("embed", "lookup", "elementwise", [
+        Work(c, ("tok_embeddings",), elements=cfg.dim, weight_elements=-(-cfg.dim * (r[1] - r[0]) // cfg.vocab_size))
+        for c, r in zip(chips, vocab_rows)])
+    b.allreduce("embed", "lookup", chips, cfg.dim, elem_bytes=1)
+
+
+def llama_head(b: Builder, cfg: LlamaConfig, chips) -> None:
+    b.replicate(chips, "norm", cfg.dim)
+    b.elementwise("head", "norm", chips, 4 * cfg.dim, ("norm",))
+    name = "tok_embeddings" if cfg.shared_classifier else "output"
+    vocab_rows = split(cfg.vocab_size, len(chips))
+    works = []
+    for c, rows in zip(chips, vocab_rows):
+        if not cfg.shared_classifier:
+            b.hold(c, "output", rows, (0, cfg.dim))
+        n = (rows[1] - rows[0]) * cfg.dim
+        works.append(Work(c, (name,), macs=n, weight_elements=n))
+        b.use_act(c, cfg.dim + rows[1] - rows[0])
+    b.compute("head", "classifier", "matmul", works)
+    b.elementwise("head", "argmax", chips, max(r[1] - r[0] for r in vocab_rows))
+    b.allreduce("head", "argmax", chips, 2, elem_bytes=4, op="argmax")
+
+
+def llama_layers(b: Builder, cfg: LlamaConfig, layers, chips) -> None:
+    hd, n_rep, dim = cfg.head_dim, cfg.n_heads // cfg.n_kv_heads, cfg.dim
+    layout = head_layout(cfg.n_kv_heads, hd, chips)
+    groups = head_groups(layout, chips)
+    if groups:
+        b.notes.append(f"{len(chips)} chips > {cfg.n_kv_heads} KV heads: head_dim split within heads, "
+                       "scores all-reduced per head group")
+    hidden_rows = split(cfg.hidden_dim, len(chips))
+    for layer in layers:
+        p, blk = f"layers.{layer}.", f"layers.{layer}"
+        qkv, attn, wo, ffn_up, ffn_down = [], [], [], [], []
+        for c, pieces, hrows in zip(chips, layout, hidden_rows):
+            q_elems = kv_elems = 0
+            for g, d0, d1 in pieces:
+                for r in range(n_rep):
+                    h = g * n_rep + r
+                    b.hold(c, p + "wq", (h * hd + d0, h * hd + d1), (0, dim))
+                    b.hold(c, p + "wo", (0, dim), (h * hd + d0, h * hd + d1))
+                b.hold(c, p + "wk", (g * hd + d0, g * hd + d1), (0, dim))
+                b.hold(c, p + "wv", (g * hd + d0, g * hd + d1), (0, dim))
+                q_elems += n_rep * (d1 - d0)
+                kv_elems += d1 - d0
+            b.hold(c, p + "w1", hrows, (0, dim))
+            b.hold(c, p + "w3", hrows, (0, dim))
+            b.hold(c, p + "w2", (0, dim), hrows)
+            hid = hrows[1] - hrows[0]
+            b.kv[c] += 2 * kv_elems
+            b.use_act(c, 3 * dim + q_elems + 2 * kv_elems + 2 * hid)
+            n_q_heads = len({g for g, _, _ in pieces}) * n_rep
+            qkv.append(Work(c, (p + "wq", p + "wk", p + "wv"), macs=(q_elems + 2 * kv_elems) * dim,
+                            elements=q_elems + kv_elems, weight_elements=(q_elems + 2 * kv_elems) * dim))
+            attn.append(Work(c, (), macs=2 * q_elems, elements=3 * n_q_heads, weight_elements=2 * kv_elems))
+            wo.append(Work(c, (p + "wo",), macs=q_elems * dim, weight_elements=q_elems * dim))
+            ffn_up.append(Work(c, (p + "w1", p + "w3"), macs=2 * hid * dim, elements=4 * hid,
+                               weight_elements=2 * hid * dim))
+            ffn_down.append(Work(c, (p + "w2",), macs=hid * dim, weight_elements=hid * dim))
+        b.replicate(chips, p + "attention_norm", dim)
+        b.elementwise(blk, "attention_norm", chips, 4 * dim, (p + "attention_norm",))
+        b.compute(blk, "attn.qkv+rope", "matmul", qkv)
+        for group in groups:
+            b.allreduce(blk, "attn.scores", group, 0, elem_bytes=PSUM_BYTES, per_key=n_rep)
+        b.compute(blk, "attn.softmax+av", "attention", attn)
+        b.compute(blk, "attn.wo", "matmul", wo)
+        b.allreduce(blk, "attn.out", chips, dim, elem_bytes=PSUM_BYTES)
+        b.replicate(chips, p + "ffn_norm", dim)
+        b.elementwise(blk, "residual+ffn_norm", chips, 5 * dim, (p + "ffn_norm",))
+        b.compute(blk, "ffn.w1w3+swiglu", "matmul", ffn_up)
+        b.compute(blk, "ffn.w2", "matmul", ffn_down)
+        b.allreduce(blk, "ffn.out", chips, dim, elem_bytes=PSUM_BYTES)
+        b.elementwise(blk, "residual", chips, dim)
+
+
+def stage_blocks(cfg, b: Builder, groups: list[tuple[int, ...]]) -> None:
+    """Blocks of `cfg` over consecutive chip groups: group s runs layer range s, the first the
+    embedding, the last the head; the residual stream is sent between groups."""
+    from mcushard.partition import bert_tp
+
+    n_layers = cfg.n_layers if isinstance(cfg, LlamaConfig) else cfg.num_layers
+    if len(groups) > n_layers:
+        raise McushardError(f"model {cfg.name!r}: {len(groups)} pipeline stages but only {n_layers} layers")
+    width = cfg.dim if isinstance(cfg, LlamaConfig) else cfg.hidden_size
+    for s, (lo, hi) in enumerate(split(n_layers, len(groups))):
+        chips = groups[s]
+        if s == 0 and b.scope == "model":
+            llama_embed(b, cfg, chips) if isinstance(cfg, LlamaConfig) else bert_tp.embed(b, cfg, chips)
+        else:
+            b.send(f"layers.{lo - 1}", "residual", groups[s - 1], chips, width, elem_bytes=PSUM_BYTES)
+        if isinstance(cfg, LlamaConfig):
+            llama_layers(b, cfg, range(lo, hi), chips)
+        else:
+            bert_tp.layers(b, cfg, range(lo, hi), chips)
+    if b.scope == "blocks":
+        return
+    if isinstance(cfg, LlamaConfig):
+        llama_head(b, cfg, groups[-1])
+    else:
+        bert_tp.finish(b, cfg, groups[-1])
+
+
+def tensor_parallel(cfg, n_chips: int, algorithm: str = "hierarchical", scope: str = "model") -> Plan:
+    """All chips in one tensor-parallel group (the paper's scheme)."""
+    if n_chips < 1:
+        raise McushardError(f"need at least one chip, got {n_chips}")
+    b = Builder(cfg, n_chips, algorithm, "tp", scope)
+    stage_blocks(cfg, b, [tuple(range(n_chips))])
+    return b.plan()
