@@ -25,8 +25,10 @@ def generate(
     temperature: float = typer.Option(0.0, min=0.0, help="0 is greedy"),
     seed: int = typer.Option(0, help="sampling seed (and random-weight seed for presets)"),
     tokens: bool = typer.Option(False, "--tokens", help="print only a JSON list of token ids"),
+    int8: bool = typer.Option(False, "--int8", help="integer (MCU) execution instead of fp32"),
+    scheme: str = typer.Option("w8a16-gptq", help="quantisation scheme with --int8 (see quant-error)"),
 ) -> None:
-    """Generate text from BOS with the fp32 reference decoder."""
+    """Generate text from BOS with the fp32 reference decoder (or the integer one with --int8)."""
     from mcushard.model.config import LlamaConfig
     from mcushard.model.load import load_model
     from mcushard.runtime.generate import generate as run_generate
@@ -36,11 +38,38 @@ def generate(
     if not isinstance(cfg, LlamaConfig):
         raise McushardError(f"{model}: generate needs a decoder (Llama) model, got {cfg.kind}")
     steps = min(steps, cfg.max_seq_len)
-    out = run_generate(LlamaFP32(cfg, weights), steps, temperature, seed)
+    if int8:
+        from mcushard.runtime.int8 import LlamaInt8
+
+        decoder = LlamaInt8.from_fp32(cfg, weights, scheme)
+    else:
+        decoder = LlamaFP32(cfg, weights)
+    out = run_generate(decoder, steps, temperature, seed)
     if tokens:
         print(json.dumps(out))
     else:
         print(" ".join(map(str, out)))
+
+
+@app.command("quant-error")
+def quant_error(
+    model: str = typer.Argument(..., help="preset name, llama2.c .bin, or HF directory"),
+    steps: int = typer.Option(256, min=1, help="positions of fp32's greedy sequence to compare"),
+    schemes: str = typer.Option("", help="comma-separated scheme names (default: all)"),
+    as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+    seed: int = typer.Option(0, help="random-weight seed for presets"),
+) -> None:
+    """int8 quantisation error: per scheme, teacher-forced top-1 agreement with fp32; weight error."""
+    from mcushard.model.config import LlamaConfig
+    from mcushard.model.load import load_model
+    from mcushard.runtime.quant import format_report, quant_error_report
+
+    cfg, weights = load_model(model, seed)
+    if not isinstance(cfg, LlamaConfig):
+        raise McushardError(f"{model}: quant-error needs a decoder (Llama) model, got {cfg.kind}")
+    names = [n.strip() for n in schemes.split(",") if n.strip()] or None
+    report = quant_error_report(cfg, weights, steps, names)
+    print(json.dumps(report, indent=2) if as_json else format_report(report))
 
 
 def main() -> None:

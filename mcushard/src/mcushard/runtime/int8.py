@@ -1,0 +1,224 @@
+"""Integer Llama decode as an MCU runs it: int8 weights, int8/int16 activations, exact integer
+accumulation, requantisation.
+
+What is integer and what is not:
+- integer: every matrix product (int8 weights x int8/int16 activations, exact int64 results via
+  `kernels`), the int32 residual stream and its additions, RMSNorm (int64 sum of squares, integer
+  square root, integer division to the output grid), RoPE (Q14 cos/sin tables), attention scores
+  and the probability-weighted sum of V (Q15 probabilities), softmax (exp2 of a Q10 fixed-point
+  argument via a 1024-entry Q20 table and shifts, integer normalisation), SiLU (Q24 sigmoid table with
+  linear interpolation over a Q16 argument), the SwiGLU product.
+- float: only the requantisation multipliers, one float64 multiply per output element (per-channel
+  weight scale x activation scale / output scale) followed by round-to-nearest-even and clipping,
+  and the final logits (accumulator x scales) handed to the sampler. The scales are constants except
+  the dynamic per-vector scale of RMSNorm outputs, a scalar computed from integers.
+
+The step is written as the pieces a tensor-parallel split cuts: `attention_heads` works on any subset
+of heads, `swiglu_columns` on any subset of FFN columns, the row-split projections wo and w2 give int64
+partial sums (`ExactLinear` on a K slice) that are added as integers before `residual_add` requantises
+them once, so a split across chips is bit-exact (issue 4 reuses these functions per chip).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from mcushard.model.config import LlamaConfig
+from mcushard.model.weights import Weights
+from mcushard.runtime.kernels import ExactLinear, exact_matmul_f64
+from mcushard.runtime.quant import (
+    DEFAULT_SCHEME,
+    RES_BITS,
+    QuantLlama,
+    qmax,
+    quantize_llama,
+    static_scale,
+)
+from mcushard.runtime.reference import rope_tables
+
+ROPE_FRAC = 14  # RoPE cos/sin tables in Q14
+EXP_FRAC = 10  # softmax argument in Q10 units of log2
+EXP_ONE = 1 << 20  # exp2 table values in Q20
+PROB_FRAC = 15  # probabilities in Q15
+SILU_FRAC = 16  # SiLU argument and result in Q16
+SIG_FRAC = 24  # sigmoid table in Q24
+SIG_STEP_SHIFT = 12  # the sigmoid table has one entry per 2^12 Q16 units (1/16)
+SIG_RANGE = 16  # the sigmoid table spans [-16, 16]; saturates outside
+GATE_CLIP = 1 << 26  # |gate| < 1024: silu (< 2^26) x up accumulator (< 2^33) fits int64
+RES_CLIP = 2 ** (RES_BITS + 1) - 1  # residual clipped to 26 bits: int64 sums of squares cannot overflow
+
+EXP2_TABLE = np.rint(EXP_ONE * 2.0 ** (-np.arange(1 << EXP_FRAC) / (1 << EXP_FRAC))).astype(np.int64)  # [1024]
+_sig_x = np.arange(-SIG_RANGE, SIG_RANGE + 2 / 16, 1 / 16)  # [514]: one extra entry for the top edge
+SIGMOID_TABLE = np.rint((1 << SIG_FRAC) / (1.0 + np.exp(-_sig_x))).astype(np.int64)  # [514] Q24
+
+
+def requantize(acc: np.ndarray, ratio: np.ndarray | float, bits: int) -> np.ndarray:
+    """round(acc * ratio) clipped to signed `bits`; acc: exact integer accumulators."""
+    q = qmax(bits)
+    return np.clip(np.rint(acc * ratio), -q, q).astype(np.int64)
+
+
+def rmsnorm_int(x: np.ndarray, gain: np.ndarray, eps_units: int, bits: int) -> tuple[np.ndarray, float]:
+    """Integer RMSNorm with a dynamic per-vector output scale.
+
+    x: int64 [dim] residual units; gain: int16 [dim]. Returns (y int64 [dim] in [-qmax, qmax],
+    scale) where the real output is y * scale * gain_unit (multiply by the gain tensor's unit).
+    """
+    ss = int(np.dot(x, x))  # exact: |x| < 2^26, dim < 2^11
+    rms = max(math.isqrt(ss // x.shape[0] + eps_units), 1)
+    num = x * gain.astype(np.int64)  # [dim], |.| < 2^41
+    peak = int(np.max(np.abs(num)))
+    if peak == 0:
+        return np.zeros_like(x), 1.0
+    q = qmax(bits)
+    y = (2 * q * num + peak) // (2 * peak)  # round(num * q / peak), integer
+    return y, peak / (rms * q)
+
+
+def rope_int(x: np.ndarray, cos_q: np.ndarray, sin_q: np.ndarray, bits: int) -> np.ndarray:
+    """Rotate interleaved pairs with Q14 tables. x: int64 [heads, hd]; cos_q, sin_q: int64 [hd/2]."""
+    x0, x1 = x[:, 0::2], x[:, 1::2]  # [heads, hd/2]
+    half = 1 << (ROPE_FRAC - 1)
+    out = np.empty_like(x)
+    out[:, 0::2] = (x0 * cos_q - x1 * sin_q + half) >> ROPE_FRAC
+    out[:, 1::2] = (x0 * sin_q + x1 * cos_q + half) >> ROPE_FRAC
+    return np.clip(out, -qmax(bits), qmax(bits))
+
+
+def softmax_int(scores: np.ndarray, log2_ratio: np.ndarray) -> np.ndarray:
+    """Fixed-point softmax over the last axis.
+
+    scores: int64 [..., T] exact accumulators; log2_ratio: [..., 1] real log2 units per accumulator
+    unit. Returns int64 Q15 probabilities [..., T].
+    """
+    d = np.rint((np.max(scores, axis=-1, keepdims=True) - scores) * log2_ratio).astype(np.int64)
+    shift = np.minimum(d >> EXP_FRAC, 62)
+    e = EXP2_TABLE[d & ((1 << EXP_FRAC) - 1)] >> shift  # [..., T], the max is EXP_ONE exactly
+    total = np.sum(e, axis=-1, keepdims=True)
+    return ((e << PROB_FRAC) + total // 2) // total
+
+
+def attention_heads(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, score_ratio: np.ndarray,
+                    out_ratio: np.ndarray, bits: int) -> np.ndarray:
+    """Integer attention of one query position for a group of heads.
+
+    q: int64 [n_kv, n_rep, hd]; k_cache, v_cache: integer-valued [n_kv, T, hd]; score_ratio:
+    [n_kv, n_rep, 1] real score (already / sqrt(hd)) per accumulator unit; out_ratio: [n_kv, n_rep, 1]
+    output units per (Q15 prob x v) unit. Returns int64 [n_kv, n_rep, hd] at `bits`.
+    """
+    scores = exact_matmul_f64(q, np.swapaxes(k_cache, 1, 2))  # [n_kv, n_rep, T]
+    probs = softmax_int(scores, score_ratio * math.log2(math.e) * (1 << EXP_FRAC))  # [n_kv, n_rep, T] Q15
+    return requantize(exact_matmul_f64(probs, v_cache), out_ratio, bits)  # [n_kv, n_rep, hd]
+
+
+def silu_q16(x: np.ndarray) -> np.ndarray:
+    """SiLU of a Q16 argument, Q16 result: x * sigmoid(x), sigmoid from the interpolated Q24 table."""
+    step = 1 << SIG_STEP_SHIFT
+    u = np.clip(x, -SIG_RANGE << SILU_FRAC, SIG_RANGE << SILU_FRAC) + (SIG_RANGE << SILU_FRAC)
+    idx, frac = u >> SIG_STEP_SHIFT, u & (step - 1)
+    lo = SIGMOID_TABLE[idx]
+    sig = lo + (((SIGMOID_TABLE[idx + 1] - lo) * frac + step // 2) >> SIG_STEP_SHIFT)  # Q24
+    return (x * sig + (1 << (SIG_FRAC - 1))) >> SIG_FRAC
+
+
+def swiglu_columns(gate_acc: np.ndarray, up_acc: np.ndarray, gate_ratio: np.ndarray,
+                   out_ratio: np.ndarray, bits: int) -> np.ndarray:
+    """h = silu(gate) * up on any subset of FFN columns.
+
+    gate_acc, up_acc: int64 [cols] accumulators; gate_ratio: [cols] Q16 units per gate accumulator
+    unit; out_ratio: [cols] output units per (Q16 silu x up accumulator) unit. Returns int64 [cols].
+    """
+    gate = np.clip(np.rint(gate_acc * gate_ratio), -GATE_CLIP, GATE_CLIP).astype(np.int64)  # Q16
+    return requantize(silu_q16(gate) * up_acc, out_ratio, bits)
+
+
+def residual_add(x: np.ndarray, partial_sum: np.ndarray, ratio: np.ndarray) -> np.ndarray:
+    """x + requantised (summed) projection output. x, partial_sum: int64 [dim]; ratio: [dim]."""
+    return np.clip(x + np.rint(partial_sum * ratio).astype(np.int64), -RES_CLIP, RES_CLIP)
+
+
+class LlamaInt8:
+    """Integer decoder with a KV cache; `step(token, pos)` returns float32 logits [vocab]."""
+
+    def __init__(self, qm: QuantLlama) -> None:
+        cfg, sch = qm.cfg, qm.scheme
+        self.qm, self.cfg, self.scheme = qm, cfg, sch
+        self.lin = {name: ExactLinear(w) for name, w in qm.q.items() if name != "tok_embeddings"}
+        s_res = qm.res_scale
+        self.eps_units = round(cfg.norm_eps / s_res**2)
+        self.emb_ratio = qm.scale["tok_embeddings"].astype(np.float64) / s_res  # [vocab]
+        cos, sin = rope_tables(cfg)  # [seq, hd/2]
+        self.cos_q = np.rint(cos * (1 << ROPE_FRAC)).astype(np.int64)
+        self.sin_q = np.rint(sin * (1 << ROPE_FRAC)).astype(np.int64)
+        hd, n_rep = cfg.head_dim, cfg.n_heads // cfg.n_kv_heads
+        c = qm.calib
+        s_q = static_scale(c.q_max, sch.qkv_bits)  # [layers, n_heads]
+        s_k = static_scale(c.k_max, sch.qkv_bits)  # [layers, n_kv]
+        s_v = static_scale(c.v_max, sch.qkv_bits)  # [layers, n_kv]
+        s_att = static_scale(c.att_max, sch.att_bits)  # [layers]
+        self.s_h = static_scale(c.h_max, sch.ffn_bits)  # [layers]
+        self.layers = []
+        for layer in range(cfg.n_layers):
+            p = f"layers.{layer}."
+            sc = {k: qm.scale[p + k].astype(np.float64) for k in ("wq", "wk", "wv", "wo", "w1", "w2", "w3")}
+            g1, g2 = qm.gain_scale[p + "attention_norm"], qm.gain_scale[p + "ffn_norm"]
+            sq = s_q[layer].reshape(cfg.n_kv_heads, n_rep, 1)  # [n_kv, n_rep, 1]
+            self.layers.append({
+                # multiply by the dynamic norm scale at run time to get the requantisation ratio
+                "q": sc["wq"] * g1 / np.repeat(s_q[layer], hd),  # [n_heads*hd]
+                "k": sc["wk"] * g1 / np.repeat(s_k[layer], hd),  # [kv_dim]
+                "v": sc["wv"] * g1 / np.repeat(s_v[layer], hd),  # [kv_dim]
+                "score": sq * s_k[layer][:, None, None] / math.sqrt(hd),  # [n_kv, n_rep, 1]
+                "att": np.broadcast_to(s_v[layer][:, None, None] / (s_att[layer] * (1 << PROB_FRAC)),
+                                       (cfg.n_kv_heads, n_rep, 1)),  # [n_kv, n_rep, 1]
+                "wo": sc["wo"] * s_att[layer] / s_res,  # [dim]
+                "gate": sc["w1"] * g2 * (1 << SILU_FRAC),  # [hidden]
+                "up": sc["w3"] * g2 / ((1 << SILU_FRAC) * self.s_h[layer]),  # [hidden]
+                "w2": sc["w2"] * self.s_h[layer] / s_res,  # [dim]
+            })
+        self.cls_ratio = qm.scale["cls"].astype(np.float64) * qm.gain_scale["norm"]  # [vocab]
+        shape = (cfg.n_layers, cfg.n_kv_heads, cfg.max_seq_len, hd)
+        self.k_cache = np.zeros(shape)  # [layers, n_kv, seq, hd] integers held in float64 for BLAS
+        self.v_cache = np.zeros(shape)
+
+    @classmethod
+    def from_fp32(cls, cfg: LlamaConfig, weights: Weights, scheme: str = DEFAULT_SCHEME) -> LlamaInt8:
+        """Quantise fp32 weights (calibrated on the model's own fp32 samples) and build the decoder."""
+        return cls(quantize_llama(cfg, weights, scheme))
+
+    def embed(self, token: int) -> np.ndarray:
+        """int64 [dim] residual units of the token's int8 embedding row."""
+        return np.rint(self.qm.q["tok_embeddings"][token] * self.emb_ratio[token]).astype(np.int64)
+
+    def attention_block(self, layer: int, x: np.ndarray, pos: int) -> np.ndarray:
+        """Returns the wo partial sums int64 [dim] over all heads (a chip would do its own heads)."""
+        cfg, sch, lp = self.cfg, self.scheme, self.layers[layer]
+        p, hd = f"layers.{layer}.", cfg.head_dim
+        y, s_y = rmsnorm_int(x, self.qm.gain[p + "attention_norm"], self.eps_units, sch.norm_bits)
+        q = requantize(self.lin[p + "wq"](y), lp["q"] * s_y, sch.qkv_bits).reshape(cfg.n_heads, hd)
+        k = requantize(self.lin[p + "wk"](y), lp["k"] * s_y, sch.qkv_bits).reshape(cfg.n_kv_heads, hd)
+        v = requantize(self.lin[p + "wv"](y), lp["v"] * s_y, sch.qkv_bits).reshape(cfg.n_kv_heads, hd)
+        q = rope_int(q, self.cos_q[pos], self.sin_q[pos], sch.qkv_bits)
+        self.k_cache[layer, :, pos] = rope_int(k, self.cos_q[pos], self.sin_q[pos], sch.qkv_bits)
+        self.v_cache[layer, :, pos] = v
+        att = attention_heads(q.reshape(cfg.n_kv_heads, -1, hd), self.k_cache[layer, :, : pos + 1],
+                              self.v_cache[layer, :, : pos + 1], lp["score"], lp["att"], sch.att_bits)
+        return self.lin[p + "wo"](att.reshape(-1))
+
+    def ffn_block(self, layer: int, x: np.ndarray) -> np.ndarray:
+        """Returns the w2 partial sums int64 [dim] over all FFN columns."""
+        sch, lp, p = self.scheme, self.layers[layer], f"layers.{layer}."
+        y, s_y = rmsnorm_int(x, self.qm.gain[p + "ffn_norm"], self.eps_units, sch.norm_bits)
+        h = swiglu_columns(self.lin[p + "w1"](y), self.lin[p + "w3"](y), lp["gate"] * s_y, lp["up"] * s_y,
+                           sch.ffn_bits)
+        return self.lin[p + "w2"](h)
+
+    def step(self, token: int, pos: int) -> np.ndarray:
+        x = self.embed(token)  # [dim] int64, residual units
+        for layer in range(self.cfg.n_layers):
+            x = residual_add(x, self.attention_block(layer, x, pos), self.layers[layer]["wo"])
+            x = residual_add(x, self.ffn_block(layer, x), self.layers[layer]["w2"])
+        y, s_y = rmsnorm_int(x, self.qm.gain["norm"], self.eps_units, self.scheme.norm_bits)
+        return (self.lin["cls"](y) * (self.cls_ratio * s_y)).astype(np.float32)  # [vocab]
