@@ -47,8 +47,28 @@ def generate(
     out = run_generate(decoder, steps, temperature, seed)
     if tokens:
         print(json.dumps(out))
+    elif cfg.vocab_size == 32000:  # llama2.c's Llama 2 vocabulary: decode to text
+        from mcushard.data import shared_file
+        from mcushard.model.tokenizer import load_tokenizer
+
+        print(load_tokenizer(shared_file("tinyllamas/tokenizer.bin"), cfg.vocab_size).decode(out))
     else:
         print(" ".join(map(str, out)))
+
+
+@app.command()
+def info(
+    model: str = typer.Argument(..., help="preset name, llama2.c .bin, or HF directory"),
+    as_json: bool = typer.Option(False, "--json", help="print the sizes as JSON"),
+) -> None:
+    """Parameters and bytes per tensor group, at fp32 and in int8 storage."""
+    from mcushard.model.info import config_for, info_dict, render_table
+
+    cfg = config_for(model)
+    if as_json:
+        print(json.dumps(info_dict(cfg), indent=2))
+    else:
+        render_table(cfg)
 
 
 @app.command("quant-error")
