@@ -49,6 +49,18 @@ def test_round_trip(tmp_path, preset):
         np.testing.assert_array_equal(loaded[name], weights[name])
 
 
+def test_cli_generates_from_a_hf_directory(tmp_path, stories260k):
+    from test_reference import GOLDEN_PREFIX
+    from typer.testing import CliRunner
+
+    from mcushard.cli import app
+
+    save_hf(tmp_path / "s260k", *stories260k)
+    result = CliRunner().invoke(app, ["generate", str(tmp_path / "s260k"), "--steps", "20", "--tokens"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == GOLDEN_PREFIX
+
+
 def test_float16_tensors_and_split_files(tmp_path):
     from safetensors.numpy import load_file, save_file
 
@@ -112,6 +124,31 @@ def test_our_checkpoint_loads_in_transformers(tmp_path, hf):
     save_hf(tmp_path, cfg, weights)
     model = transformers.LlamaForCausalLM.from_pretrained(tmp_path, attn_implementation="eager").eval()
     np.testing.assert_allclose(_our_logits(cfg, weights), _hf_logits(torch, model), atol=1e-4, rtol=0)
+
+
+def test_stories260k_through_hf_matches_llama2c(tmp_path, stories260k, hf):
+    """The real model written as a HF directory: transformers' greedy choice at every position of
+    llama2.c's 256-token sequence is that sequence's next token (so its greedy decode is llama2.c's)."""
+    from test_reference import GOLDEN_256
+
+    torch, transformers = hf
+    cfg, weights = stories260k
+    save_hf(tmp_path, cfg.replace(norm_eps=1e-5), weights)
+    model = transformers.LlamaForCausalLM.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    logits = _hf_logits(torch, model, [1] + GOLDEN_256[:-1])  # [256, vocab], one teacher-forced pass
+    assert logits.argmax(axis=-1).tolist() == GOLDEN_256
+
+
+def test_bfloat16_checkpoint(tmp_path, hf):
+    torch, _ = hf
+    from safetensors.torch import load_file, save_file
+
+    save_hf(tmp_path, GQA, random_llama(GQA))
+    tensors = load_file(tmp_path / "model.safetensors")
+    save_file({n: t.to(torch.bfloat16) for n, t in tensors.items()}, tmp_path / "model.safetensors")
+    _, weights = load_hf(tmp_path)
+    expected = tensors["model.norm.weight"].to(torch.bfloat16).float().numpy()
+    np.testing.assert_array_equal(weights["norm"], expected)
 
 
 @pytest.mark.parametrize("preset", ["tiny-mobilebert-test", "tiny-bert-test"])
@@ -231,7 +268,8 @@ _JSON_VALUES = st.one_of(
 _KEYS = ["model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
          "num_key_value_heads", "vocab_size", "max_position_embeddings", "rms_norm_eps", "rope_theta",
          "tie_word_embeddings", "hidden_act", "head_dim", "rope_scaling", "embedding_size",
-         "use_bottleneck", "intra_bottleneck_size", "normalization_type", "num_feedforward_networks"]
+         "use_bottleneck", "intra_bottleneck_size", "normalization_type", "num_feedforward_networks",
+         "trigram_input", "key_query_shared_bottleneck", "use_bottleneck_attention", "type_vocab_size"]
 
 
 def _try_load(directory):
@@ -244,14 +282,21 @@ def _try_load(directory):
     assert cfg.kind in ("llama", "bert")
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@pytest.fixture(params=["tiny-llama-test", "tiny-mobilebert-test"])
+def any_dir(tmp_path, request):
+    cfg = get_preset(request.param)
+    save_hf(tmp_path / "m", cfg, random_weights(cfg))
+    return tmp_path / "m"
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(changes=st.dictionaries(st.sampled_from(_KEYS), _JSON_VALUES | st.just(_DELETE), min_size=1, max_size=4))
-def test_fuzz_config(llama_dir, changes):
-    config = llama_dir / "config.json"
+def test_fuzz_config(any_dir, changes):
+    config = any_dir / "config.json"
     original = config.read_text()
     try:
-        _edit_config(llama_dir, **changes)
-        _try_load(llama_dir)
+        _edit_config(any_dir, **changes)
+        _try_load(any_dir)
     finally:
         config.write_text(original)
 
@@ -278,3 +323,21 @@ def test_fuzz_safetensors(llama_dir, flips, cut, header_len):
         _try_load(llama_dir)
     finally:
         path.write_bytes(original)
+
+
+def test_bert_heads_skipped_and_strays_refused(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    cfg = get_preset("tiny-mobilebert-test")
+    save_hf(tmp_path, cfg, random_weights(cfg))
+    path = tmp_path / "model.safetensors"
+    tensors = load_file(path)
+    head = {"cls.predictions.bias": np.zeros(100, np.float32), "mobilebert.pooler.dense.bias": np.zeros(64, np.float32)}
+    save_file(tensors | head, path)
+    assert load_hf(tmp_path)[0] == cfg.replace(name=tmp_path.name)
+    save_file(tensors | {"mobilebert.encoder.layer.0.extra.weight": np.zeros(3, np.float32)}, path)
+    with pytest.raises(McushardError, match="unexpected tensor 'mobilebert.encoder.layer.0.extra.weight'"):
+        load_hf(tmp_path)
+    _edit_config(tmp_path, key_query_shared_bottleneck=False)
+    with pytest.raises(McushardError, match="config.json: .*key_query_shared_bottleneck"):
+        load_hf(tmp_path)
