@@ -1,14 +1,11 @@
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from mcushard.errors import McushardError
 from mcushard.runtime.kernels import (
     F32_EXACT,
+    F64_EXACT,
     ExactLinear,
-    digits_needed,
     exact_matmul_f64,
-    int_digits,
     partial_sum_bound,
 )
 
@@ -17,56 +14,58 @@ def int64_matmul(w, x):
     return w.astype(np.int64) @ x.astype(np.int64)
 
 
-@pytest.mark.parametrize("x_bits", [8, 16, 24])
+@pytest.mark.parametrize("x_bits", [8, 12, 16, 24])
 @pytest.mark.parametrize("shape", [(7, 5), (64, 1376), (33, 2100)])
 def test_exact_linear_random(shape, x_bits):
     rng = np.random.default_rng(sum(shape) + x_bits)
     w = rng.integers(-127, 128, size=shape, dtype=np.int8)
     hi = 2 ** (x_bits - 1)
     x = rng.integers(-hi, hi, size=shape[1])
-    assert np.array_equal(ExactLinear(w)(x), int64_matmul(w, x))
+    lin = ExactLinear(w, x_bits)
+    assert np.array_equal(lin(x), int64_matmul(w, x))
     x2 = rng.integers(-hi, hi, size=(shape[1], 3))  # several right-hand sides
-    assert np.array_equal(ExactLinear(w)(x2), int64_matmul(w, x2))
+    assert np.array_equal(lin(x2), int64_matmul(w, x2))
 
 
-@pytest.mark.parametrize("x_extreme", [127, -128, 32767, -32768, 2**23 - 1, -(2**23)])
-def test_exact_linear_worst_case(x_extreme):
+@pytest.mark.parametrize(("x_bits", "x_extreme"), [(8, 127), (8, -128), (12, -2048), (16, 32767),
+                                                   (16, -32768), (24, 2**23 - 1), (24, -(2**23))])
+def test_exact_linear_worst_case(x_bits, x_extreme):
     # every product at its largest magnitude with one sign: the partial sums are as large as possible
     k = 3000
     for w_val in (127, -127, -128):
         w = np.full((4, k), w_val, dtype=np.int8)
         x = np.full(k, x_extreme, dtype=np.int64)
-        y = ExactLinear(w)(x)
+        y = ExactLinear(w, x_bits)(x)
         assert np.array_equal(y, int64_matmul(w, x))
         assert abs(int(y[0])) > F32_EXACT  # the true result is far beyond float32's exact range
 
 
 def test_naive_float32_is_not_exact_where_the_kernel_is():
-    # sanity of the premise: an unchunked float32 GEMV over this size rounds
+    # sanity of the premise: an unchunked float32 GEMV of this size rounds
     rng = np.random.default_rng(0)
     w = rng.integers(-127, 128, size=(16, 4096), dtype=np.int8)
     x = rng.integers(-32768, 32768, size=4096)
     naive = (w.astype(np.float32) @ x.astype(np.float32)).astype(np.int64)
     exact = int64_matmul(w, x)
     assert not np.array_equal(naive, exact)
-    assert np.array_equal(ExactLinear(w)(x), exact)
+    assert np.array_equal(ExactLinear(w, 16)(x), exact)
 
 
-def test_chunk_respects_float32_bound():
+@pytest.mark.parametrize(("x_bits", "k_chunk", "dtype"), [(8, 1024, np.float32), (12, 64, np.float32),
+                                                         (16, 4, np.float32), (24, 5000, np.float64)])
+def test_chunk_respects_exactness_bounds(x_bits, k_chunk, dtype):
     w = np.full((2, 5000), -128, dtype=np.int8)
-    lin = ExactLinear(w)
-    assert partial_sum_bound(lin.k_chunk, lin.w_max, 128) <= F32_EXACT
-    assert len(lin.blocks) == -(-5000 // lin.k_chunk)
+    lin = ExactLinear(w, x_bits)
+    assert lin.dtype == dtype and lin.k_chunk == k_chunk
+    limit = F32_EXACT if dtype == np.float32 else F64_EXACT
+    assert partial_sum_bound(lin.k_chunk, lin.w_max, 2 ** (x_bits - 1)) <= limit
+    assert lin.n_chunks == -(-5000 // k_chunk)
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.lists(st.integers(-(2**31), 2**31 - 1), min_size=1, max_size=20))
-def test_int_digits_roundtrip(values):
-    x = np.array(values, dtype=np.int64)
-    n = digits_needed(int(np.max(np.abs(x))))
-    d = int_digits(x, n)  # [K, n]
-    assert np.max(np.abs(d)) <= 128
-    assert np.array_equal(d @ (256 ** np.arange(n, dtype=np.int64)), x)
+def test_exact_linear_rejects_inputs_wider_than_declared():
+    lin = ExactLinear(np.ones((2, 3), np.int8), 8)
+    with pytest.raises(McushardError, match="exceeds 128"):
+        lin(np.array([0, 129, 0]))
 
 
 def test_exact_linear_rejects_float_input():

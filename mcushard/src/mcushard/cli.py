@@ -26,7 +26,7 @@ def generate(
     seed: int = typer.Option(0, help="sampling seed (and random-weight seed for presets)"),
     tokens: bool = typer.Option(False, "--tokens", help="print only a JSON list of token ids"),
     int8: bool = typer.Option(False, "--int8", help="integer (MCU) execution instead of fp32"),
-    scheme: str = typer.Option("w8a16-gptq", help="quantisation scheme with --int8 (see quant-error)"),
+    scheme: str = typer.Option("", help="quantisation scheme with --int8 (see quant-error); default w8a12-gptq"),
 ) -> None:
     """Generate text from BOS with the fp32 reference decoder (or the integer one with --int8)."""
     from mcushard.model.config import LlamaConfig
@@ -41,7 +41,7 @@ def generate(
     if int8:
         from mcushard.runtime.int8 import LlamaInt8
 
-        decoder = LlamaInt8.from_fp32(cfg, weights, scheme)
+        decoder = LlamaInt8.from_fp32(cfg, weights, scheme or None)
     else:
         decoder = LlamaFP32(cfg, weights)
     out = run_generate(decoder, steps, temperature, seed)

@@ -145,7 +145,14 @@ class LlamaInt8:
     def __init__(self, qm: QuantLlama) -> None:
         cfg, sch = qm.cfg, qm.scheme
         self.qm, self.cfg, self.scheme = qm, cfg, sch
-        self.lin = {name: ExactLinear(w) for name, w in qm.q.items() if name != "tok_embeddings"}
+        # fused matrices (rows concatenated; per-row scales make that exact): qkv, and w1 with w3
+        self.lin = {"cls": ExactLinear(qm.q["cls"], sch.cls_bits)}
+        for layer in range(cfg.n_layers):
+            p = f"layers.{layer}."
+            self.lin[p + "qkv"] = ExactLinear(np.concatenate([qm.q[p + k] for k in ("wq", "wk", "wv")]), sch.norm_bits)
+            self.lin[p + "w13"] = ExactLinear(np.concatenate([qm.q[p + "w1"], qm.q[p + "w3"]]), sch.norm_bits)
+            self.lin[p + "wo"] = ExactLinear(qm.q[p + "wo"], sch.att_bits)
+            self.lin[p + "w2"] = ExactLinear(qm.q[p + "w2"], sch.ffn_bits)
         s_res = qm.res_scale
         self.eps_units = round(cfg.norm_eps / s_res**2)
         self.emb_ratio = qm.scale["tok_embeddings"].astype(np.float64) / s_res  # [vocab]
@@ -167,9 +174,8 @@ class LlamaInt8:
             sq = s_q[layer].reshape(cfg.n_kv_heads, n_rep, 1)  # [n_kv, n_rep, 1]
             self.layers.append({
                 # multiply by the dynamic norm scale at run time to get the requantisation ratio
-                "q": sc["wq"] * g1 / np.repeat(s_q[layer], hd),  # [n_heads*hd]
-                "k": sc["wk"] * g1 / np.repeat(s_k[layer], hd),  # [kv_dim]
-                "v": sc["wv"] * g1 / np.repeat(s_v[layer], hd),  # [kv_dim]
+                "qkv": np.concatenate([sc["wq"] / np.repeat(s_q[layer], hd), sc["wk"] / np.repeat(s_k[layer], hd),
+                                       sc["wv"] / np.repeat(s_v[layer], hd)]) * g1,  # [q_dim + 2 kv_dim]
                 "score": sq * s_k[layer][:, None, None] / math.sqrt(hd),  # [n_kv, n_rep, 1]
                 "att": np.broadcast_to(s_v[layer][:, None, None] / (s_att[layer] * (1 << PROB_FRAC)),
                                        (cfg.n_kv_heads, n_rep, 1)),  # [n_kv, n_rep, 1]
@@ -184,9 +190,9 @@ class LlamaInt8:
         self.v_cache = np.zeros(shape)
 
     @classmethod
-    def from_fp32(cls, cfg: LlamaConfig, weights: Weights, scheme: str = DEFAULT_SCHEME) -> LlamaInt8:
+    def from_fp32(cls, cfg: LlamaConfig, weights: Weights, scheme: str | None = None) -> LlamaInt8:
         """Quantise fp32 weights (calibrated on the model's own fp32 samples) and build the decoder."""
-        return cls(quantize_llama(cfg, weights, scheme))
+        return cls(quantize_llama(cfg, weights, scheme or DEFAULT_SCHEME))
 
     def embed(self, token: int) -> np.ndarray:
         """int64 [dim] residual units of the token's int8 embedding row."""
@@ -197,9 +203,10 @@ class LlamaInt8:
         cfg, sch, lp = self.cfg, self.scheme, self.layers[layer]
         p, hd = f"layers.{layer}.", cfg.head_dim
         y, s_y = rmsnorm_int(x, self.qm.gain[p + "attention_norm"], self.eps_units, sch.norm_bits)
-        q = requantize(self.lin[p + "wq"](y), lp["q"] * s_y, sch.qkv_bits).reshape(cfg.n_heads, hd)
-        k = requantize(self.lin[p + "wk"](y), lp["k"] * s_y, sch.qkv_bits).reshape(cfg.n_kv_heads, hd)
-        v = requantize(self.lin[p + "wv"](y), lp["v"] * s_y, sch.qkv_bits).reshape(cfg.n_kv_heads, hd)
+        qkv = requantize(self.lin[p + "qkv"](y), lp["qkv"] * s_y, sch.qkv_bits)  # [q_dim + 2 kv_dim]
+        q = qkv[: cfg.dim].reshape(cfg.n_heads, hd)
+        k = qkv[cfg.dim: cfg.dim + cfg.kv_dim].reshape(cfg.n_kv_heads, hd)
+        v = qkv[cfg.dim + cfg.kv_dim:].reshape(cfg.n_kv_heads, hd)
         q = rope_int(q, self.cos_q[pos], self.sin_q[pos], sch.qkv_bits)
         self.k_cache[layer, :, pos] = rope_int(k, self.cos_q[pos], self.sin_q[pos], sch.qkv_bits)
         self.v_cache[layer, :, pos] = v
@@ -211,8 +218,9 @@ class LlamaInt8:
         """Returns the w2 partial sums int64 [dim] over all FFN columns."""
         sch, lp, p = self.scheme, self.layers[layer], f"layers.{layer}."
         y, s_y = rmsnorm_int(x, self.qm.gain[p + "ffn_norm"], self.eps_units, sch.norm_bits)
-        h = swiglu_columns(self.lin[p + "w1"](y), self.lin[p + "w3"](y), lp["gate"] * s_y, lp["up"] * s_y,
-                           sch.ffn_bits)
+        gate_up = self.lin[p + "w13"](y)  # [2 hidden]
+        hidden = self.cfg.hidden_dim
+        h = swiglu_columns(gate_up[:hidden], gate_up[hidden:], lp["gate"] * s_y, lp["up"] * s_y, sch.ffn_bits)
         return self.lin[p + "w2"](h)
 
     def step(self, token: int, pos: int) -> np.ndarray:
@@ -220,5 +228,5 @@ class LlamaInt8:
         for layer in range(self.cfg.n_layers):
             x = residual_add(x, self.attention_block(layer, x, pos), self.layers[layer]["wo"])
             x = residual_add(x, self.ffn_block(layer, x), self.layers[layer]["w2"])
-        y, s_y = rmsnorm_int(x, self.qm.gain["norm"], self.eps_units, self.scheme.norm_bits)
+        y, s_y = rmsnorm_int(x, self.qm.gain["norm"], self.eps_units, self.scheme.cls_bits)
         return (self.lin["cls"](y) * (self.cls_ratio * s_y)).astype(np.float32)  # [vocab]

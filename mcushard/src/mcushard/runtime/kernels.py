@@ -7,12 +7,13 @@ while |partial sum| <= 2^24, for float64 while <= 2^53. Whatever order BLAS adds
 by K * max|w| * max|x|. Keeping that bound under the limit makes every product and every addition
 exact, hence the result equals the int64 matrix product bit for bit.
 
-`ExactLinear` holds an int8 weight matrix as float32 column blocks of at most `k_chunk` columns
-with k_chunk * max|w| * 128 <= 2^24 (1032 columns for |w| <= 127). Activations of up to 16 (or
-more) bits are split into signed base-256 digits in [-128, 128] (x = sum_d 256^d * digit_d), each
-digit column is one more right-hand side of the same float32 GEMM, and the digit and block results
-are combined in float64, exact far below 2^53. An MCU computes the same integers with 8/16-bit SIMD
-multiply-accumulate (SMLAD, or SMLALD for 64-bit accumulators).
+`ExactLinear(w, x_bits)` holds an int8 weight matrix for activations of at most `x_bits` bits,
+transposed and cut along K into chunks of k_chunk rows with k_chunk * max|w| * 2^(x_bits-1) <= 2^24
+(1024 for 8-bit activations, 64 for 12-bit, 4 for 16-bit): one batched float32 product gives every
+chunk's exact partial result, and the chunks are added in float64 (exact far below 2^53). Weights
+are read once, as float32 (the bytes of an fp32 model). When even one row would break the float32
+bound (activations over 16 bits), the matrix is held in float64 instead, under the 2^53 bound.
+An MCU computes the same integers with 8/16-bit SIMD multiply-accumulate into 32/64-bit registers.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from mcushard.errors import McushardError
 
 F32_EXACT = 2**24  # every integer of magnitude <= 2^24 is exact in float32
 F64_EXACT = 2**53  # likewise for float64
-DIGIT_MAX = 128  # |signed base-256 digit| <= 128
 
 
 def partial_sum_bound(k: int, w_max: int, x_max: int) -> int:
@@ -32,74 +32,50 @@ def partial_sum_bound(k: int, w_max: int, x_max: int) -> int:
 
 
 def max_abs(x: np.ndarray) -> int:
-    return int(np.max(np.abs(x))) if x.size else 0
-
-
-def int_digits(x: np.ndarray, n_digits: int) -> np.ndarray:
-    """Split integers into signed base-256 digits: x = sum_d 256^d digit_d, |digit| <= 128.
-
-    x: [K] or [K, n] integer; returns [K, n_digits] or [K, n * n_digits] (digit-major per column) int64.
-    """
-    rest = np.asarray(x, dtype=np.int64)
-    digits = []
-    for _ in range(n_digits):
-        low = ((rest + 128) & 255) - 128  # [-128, 127]
-        digits.append(low)
-        rest = (rest - low) >> 8
-    # the top digit keeps whatever is left (|.| <= 128 when n_digits was chosen by digits_needed)
-    digits[-1] = digits[-1] + (rest << 8)
-    return np.stack(digits, axis=-1).reshape(rest.shape[0], -1)
-
-
-def digits_needed(x_max: int) -> int:
-    """Number of signed base-256 digits so that every digit is within [-128, 128]."""
-    n, bound = 1, DIGIT_MAX
-    while x_max > bound:
-        n, bound = n + 1, bound * 256 + 127
-    return n
+    """max |x| as a Python int (no overflow: np.abs of int8 -128 is -128)."""
+    return max(int(np.max(x)), -int(np.min(x))) if x.size else 0
 
 
 class ExactLinear:
-    """y = W @ x, exact, for an int8 matrix W [out, K] and integer x [K] or [K, n].
+    """y = W @ x, exact, for an int8 matrix W [out, K] and integer x [K] or [K, n] with |x| <= 2^(x_bits-1).
 
-    Returns int64 [out] or [out, n]. Raises McushardError if x is not integer-valued or if the
-    exactness bound cannot be met (it always can: K is chunked and x is split into digits).
+    Returns int64 [out] or [out, n]. Input that is not integer or exceeds x_bits is a McushardError.
     """
 
-    def __init__(self, w_int: np.ndarray, k_chunk: int | None = None) -> None:
+    def __init__(self, w_int: np.ndarray, x_bits: int = 8) -> None:
         w_int = np.asarray(w_int)
         if w_int.ndim != 2 or not np.issubdtype(w_int.dtype, np.integer):
             raise McushardError(f"ExactLinear needs a 2-D integer matrix, got {w_int.dtype} {w_int.shape}")
         self.out, self.k = w_int.shape  # [out, K]
+        self.x_max = 2 ** (x_bits - 1)
         self.w_max = max(max_abs(w_int), 1)
-        limit = F32_EXACT // (self.w_max * DIGIT_MAX)
-        self.k_chunk = min(k_chunk or limit, limit, max(self.k, 1))
-        assert partial_sum_bound(self.k_chunk, self.w_max, DIGIT_MAX) <= F32_EXACT
-        starts = range(0, self.k, self.k_chunk)
-        # column blocks [out, <=k_chunk] float32 holding the int8 values exactly
-        self.blocks = [np.ascontiguousarray(w_int[:, a:a + self.k_chunk], dtype=np.float32) for a in starts]
-        self.starts = list(starts)
+        self.dtype, limit = np.float32, F32_EXACT
+        if self.w_max * self.x_max > F32_EXACT:
+            self.dtype, limit = np.float64, F64_EXACT
+        self.k_chunk = max(min(limit // (self.w_max * self.x_max), self.k), 1)
+        assert partial_sum_bound(self.k_chunk, self.w_max, self.x_max) <= limit
+        self.n_chunks = -(-self.k // self.k_chunk)
+        self.k_padded = self.n_chunks * self.k_chunk
+        padded = np.zeros((self.k_padded, self.out), self.dtype)  # [K padded, out]
+        padded[: self.k] = w_int.T
+        self.wt = padded.reshape(self.n_chunks, self.k_chunk, self.out)  # [chunks, k_chunk, out]
 
-    def __call__(self, x: np.ndarray, x_max: int | None = None) -> np.ndarray:
+    def __call__(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x)
         if not np.issubdtype(x.dtype, np.integer):
             raise McushardError(f"ExactLinear input must be integer, got {x.dtype}")
-        vector = x.ndim == 1
-        x2 = x.reshape(self.k, -1)  # [K, n]
-        n = x2.shape[1]
-        x_max = max_abs(x2) if x_max is None else x_max
-        n_digits = digits_needed(x_max)
-        xd = (x2 if n_digits == 1 else int_digits(x2, n_digits)).astype(np.float32)  # [K, n*d]
-        acc = None
-        for start, block in zip(self.starts, self.blocks):
-            part = block @ xd[start:start + block.shape[1]]  # [out, n*d], exact in float32
-            acc = part.astype(np.float64) if acc is None else acc + part  # exact in float64
-        if acc is None:
-            acc = np.zeros((self.out, n * n_digits))
-        if n_digits > 1:
-            acc = acc.reshape(self.out, n, n_digits) @ (256.0 ** np.arange(n_digits))  # [out, n]
-        y = acc.astype(np.int64)  # [out, n]
-        return y[:, 0] if vector else y
+        if max_abs(x) > self.x_max:
+            raise McushardError(f"ExactLinear input exceeds {self.x_max} (declared bits): {max_abs(x)}")
+        xt = x.reshape(self.k, -1).T  # [n, K]
+        n = xt.shape[0]
+        xp = np.zeros((n, self.k_padded), self.dtype)  # [n, K padded]
+        xp[:, : self.k] = xt
+        if self.n_chunks == 1:
+            y = (xp @ self.wt[0]).astype(np.int64)  # [n, out]
+        else:
+            parts = np.matmul(xp.reshape(n, self.n_chunks, self.k_chunk).transpose(1, 0, 2), self.wt)  # [chunks, n, out]
+            y = parts.sum(axis=0, dtype=np.float64).astype(np.int64)  # [n, out]
+        return y[0] if x.ndim == 1 else y.T
 
 
 def exact_matmul_f64(a: np.ndarray, b: np.ndarray) -> np.ndarray:

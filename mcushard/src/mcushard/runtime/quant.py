@@ -38,9 +38,9 @@ def qmax(bits: int) -> int:
 
 
 def static_scale(max_real: np.ndarray | float, bits: int) -> np.ndarray | float:
-    """Real value of one unit at a calibrated site: 16-bit sites keep 2x headroom over the calibrated
-    maximum (values beyond it would clip; one bit of 15 is cheap), 8-bit sites spend none."""
-    return max_real * (2.0 if bits >= 16 else 1.0) / qmax(bits)
+    """Real value of one unit at a calibrated site: 12/16-bit sites keep 2x headroom over the
+    calibrated maximum (values beyond it would clip; one bit is cheap there), 8-bit sites spend none."""
+    return max_real * (2.0 if bits > 8 else 1.0) / qmax(bits)
 
 
 # ---------------------------------------------------------------- weights
@@ -117,30 +117,37 @@ class QuantScheme:
 
     name: str  # label in reports
     weights: Literal["rtn", "gptq"]  # int8 per-row weight rounding: to nearest, or GPTQ error feedback
-    norm_bits: int  # RMSNorm outputs (inputs of wq/wk/wv/w1/w3/classifier), dynamic per-vector scale
+    norm_bits: int  # in-layer RMSNorm outputs (inputs of wq/wk/wv/w1/w3), dynamic per-vector scale
     qkv_bits: int  # q, k, v and the KV cache, static per-head scales
     att_bits: int  # attention output (input of wo, cut along K by a head split), static per-layer scale
     ffn_bits: int  # SwiGLU output h (input of w2, cut along K by a column split), static per-layer scale
+    cls_bits: int  # final RMSNorm output (input of the classifier), dynamic per-vector scale
 
     def __post_init__(self) -> None:
-        for site in ("norm_bits", "qkv_bits", "att_bits", "ffn_bits"):
-            if getattr(self, site) not in (8, 16):
-                raise McushardError(f"scheme {self.name!r}: {site} must be 8 or 16")
+        for site in ("norm_bits", "qkv_bits", "att_bits", "ffn_bits", "cls_bits"):
+            if getattr(self, site) not in (8, 12, 16):
+                raise McushardError(f"scheme {self.name!r}: {site} must be 8, 12 or 16")
         if self.weights not in ("rtn", "gptq"):
             raise McushardError(f"scheme {self.name!r}: weights must be rtn or gptq")
 
 
 SCHEMES: dict[str, QuantScheme] = {s.name: s for s in (
-    QuantScheme("w8a8-rtn", "rtn", 8, 8, 8, 8),
-    QuantScheme("w8a8-gptq", "gptq", 8, 8, 8, 8),
-    QuantScheme("w8a16-rtn", "rtn", 16, 16, 16, 16),
-    QuantScheme("w8a16-gptq", "gptq", 16, 16, 16, 16),
-    QuantScheme("w8a16-gptq-norm8", "gptq", 8, 16, 16, 16),
-    QuantScheme("w8a16-gptq-kv8", "gptq", 16, 8, 16, 16),
-    QuantScheme("w8a16-gptq-att8", "gptq", 16, 16, 8, 16),
-    QuantScheme("w8a16-gptq-ffn8", "gptq", 16, 16, 16, 8),
+    QuantScheme("w8a8-rtn", "rtn", 8, 8, 8, 8, 8),
+    QuantScheme("w8a8-gptq", "gptq", 8, 8, 8, 8, 8),
+    QuantScheme("w8a16-rtn", "rtn", 16, 16, 16, 16, 16),
+    QuantScheme("w8a16-gptq", "gptq", 16, 16, 16, 16, 16),
+    QuantScheme("w8a16-gptq-norm8", "gptq", 8, 16, 16, 16, 16),
+    QuantScheme("w8a16-gptq-kv8", "gptq", 16, 8, 16, 16, 16),
+    QuantScheme("w8a16-gptq-att8", "gptq", 16, 16, 8, 16, 16),
+    QuantScheme("w8a16-gptq-ffn8", "gptq", 16, 16, 16, 8, 16),
+    QuantScheme("w8a16-gptq-cls8", "gptq", 16, 16, 16, 16, 8),
+    QuantScheme("w8a12-rtn", "rtn", 12, 12, 12, 12, 8),
+    QuantScheme("w8a12-gptq", "gptq", 12, 12, 12, 12, 8),
 )}
-DEFAULT_SCHEME = "w8a16-gptq"
+# 12-bit activations (in int16 containers on the MCU: same SIMD cost as 16-bit) keep every float32
+# partial sum exact over 64-column chunks, so the host simulation reads the weights once; the
+# classifier input is 8-bit (one 1024-column chunk). >= 90% agreement on stories260K.
+DEFAULT_SCHEME = "w8a12-gptq"
 
 
 def get_scheme(name: str) -> QuantScheme:
@@ -346,6 +353,7 @@ def quant_error_report(cfg: LlamaConfig, weights: Weights, steps: int = 256,
         top1 = teacher_forced_top1(LlamaInt8(qm), reference)
         rows.append({"scheme": sch.name, "weights": sch.weights, "norm_bits": sch.norm_bits,
                      "qkv_bits": sch.qkv_bits, "att_bits": sch.att_bits, "ffn_bits": sch.ffn_bits,
+                     "cls_bits": sch.cls_bits,
                      "agreement": float(np.mean(top1 == np.array(reference)))})
     return {"model": cfg.name, "steps": steps, "schemes": rows,
             "weight_error": {m: _weight_summary(qm.errors) for m, qm in by_method.items()}}
@@ -354,10 +362,10 @@ def quant_error_report(cfg: LlamaConfig, weights: Weights, steps: int = 256,
 def format_report(report: dict) -> str:
     """The report of `quant_error_report` as two plain-text tables."""
     lines = [f"{report['model']}: teacher-forced top-1 agreement with fp32 over {report['steps']} positions",
-             f"{'scheme':<20}{'weights':>8}{'norm':>6}{'qkv':>5}{'att':>5}{'ffn':>5}{'agreement':>11}"]
+             f"{'scheme':<20}{'weights':>8}{'norm':>6}{'qkv':>5}{'att':>5}{'ffn':>5}{'cls':>5}{'agreement':>11}"]
     for r in report["schemes"]:
         lines.append(f"{r['scheme']:<20}{r['weights']:>8}{r['norm_bits']:>6}{r['qkv_bits']:>5}"
-                     f"{r['att_bits']:>5}{r['ffn_bits']:>5}{100 * r['agreement']:>10.1f}%")
+                     f"{r['att_bits']:>5}{r['ffn_bits']:>5}{r['cls_bits']:>5}{100 * r['agreement']:>10.1f}%")
     lines.append("weight error (int8, per-row scales): worst max rel / mean rel / worst SQNR")
     for method, kinds in report["weight_error"].items():
         for kind, e in kinds.items():
