@@ -1,40 +1,35 @@
-"""All-reduce algorithms as data: the exact list of transfers each algorithm makes.
+"""All-reduce algorithms as explicit message schedules, shared by the cost model and the runtime.
 
-One schedule serves both sides of the tool: the cost model charges its bytes and rounds, and the
-distributed runtime carries it out message by message, so the bytes the runtime sends are the bytes
-the cost model charges.
+A schedule is a list of rounds; a round is a tuple of `Transfer`s that run concurrently: `src`
+sends elements [start, stop) of its vector and `dst` adds them into its own (`op == "reduce"`) or
+overwrites its own with them (`"copy"`). Executing the rounds in order leaves every member with
+the sum; the same schedule tells the cost model what to charge, so both count the same bytes.
 
-A schedule is a list of rounds; in a round every transfer may proceed at once. A transfer moves the
-elements `[start, stop)` of the vector from `src` to `dst`, which either adds them into its own copy
-(`reduce`) or overwrites its copy with them (`copy`).
-
-- ring: reduce-scatter then all-gather around the group, 2 (p - 1) rounds of n / p elements.
-- tree: binomial-tree reduce of the whole vector to the leader, then the reverse broadcast,
-  2 ceil(log2 p) rounds.
-- hierarchical: chips in groups of `group_size` (the chips of one board / one link segment): tree
-  reduce inside each group to its leader, ring all-reduce among the leaders, tree broadcast inside
-  each group.
+- ring: reduce-scatter then all-gather, 2(p-1) rounds of one chunk (the vector split in p chunks).
+- tree: binomial reduce to the first member, then binomial broadcast, 2 ceil(log2 p) rounds of the
+  whole vector (few rounds: good for short vectors and high link latency).
+- hierarchical (the paper's two-level idea, applied recursively): reduce-scatter inside sub-groups
+  of `group_size` neighbouring chips, all-reduce each chunk among the sub-groups, all-gather back;
+  bandwidth-optimal like the ring but with O(g log_g p) instead of O(p) latency-bound rounds.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Literal
+from functools import lru_cache
+from typing import NamedTuple
 
 from mcushard.errors import McushardError
-
-Algorithm = Literal["ring", "tree", "hierarchical"]
-ALGORITHMS: tuple[str, ...] = ("ring", "tree", "hierarchical")
+from mcushard.partition.plan import split
 
 
-@dataclass(frozen=True, slots=True)
-class Transfer:
+class Transfer(NamedTuple):
+    """One message of a round: `src` sends elements [start, stop) of its vector to `dst`."""
+
     src: int  # sending chip
     dst: int  # receiving chip
-    start: int  # first element sent
-    stop: int  # one past the last element sent
-    op: Literal["reduce", "copy"]  # what the receiver does with the elements
+    start: int  # first element
+    stop: int  # one past the last element
+    op: str  # "reduce": dst adds the payload into its vector; "copy": dst overwrites with it
 
     @property
     def elements(self) -> int:
@@ -42,91 +37,96 @@ class Transfer:
 
 
 Round = tuple[Transfer, ...]
+ALGORITHMS = ("ring", "tree", "hierarchical")
 
 
-def chunks(n: int, parts: int) -> list[tuple[int, int]]:
-    """`n` elements in `parts` contiguous chunks (some empty when n < parts)."""
-    base, extra = divmod(n, parts)
-    out, start = [], 0
-    for i in range(parts):
-        stop = start + base + (1 if i < extra else 0)
-        out.append((start, stop))
-        start = stop
-    return out
+def _chunks(n: int, p: int) -> list[tuple[int, int]]:
+    """(offset, size) of the p chunks of an n-vector (empty chunks when n < p)."""
+    if n >= p:
+        return [(a, b - a) for a, b in split(n, p)]
+    return [(i, 1) for i in range(n)] + [(n, 0)] * (p - n)
 
 
-def ring_schedule(group: tuple[int, ...], n: int) -> list[Round]:
+def _ring(group: tuple[int, ...], base: int, n: int, phases=(True, False)) -> list[Round]:
+    """Reduce-scatter (member i ends owning chunk i+1) and/or all-gather, p-1 rounds each."""
     p = len(group)
-    if p == 1:
-        return []
-    parts = chunks(n, p)
+    chunks = _chunks(n, p)
     rounds: list[Round] = []
-    for step in range(p - 1):  # reduce-scatter: member i ends owning chunk (i + 1) % p
-        rounds.append(tuple(
-            Transfer(group[i], group[(i + 1) % p], *parts[(i - step) % p], "reduce") for i in range(p)))
-    for step in range(p - 1):  # all-gather
-        rounds.append(tuple(
-            Transfer(group[i], group[(i + 1) % p], *parts[(i + 1 - step) % p], "copy") for i in range(p)))
-    return [tuple(t for t in r if t.elements) for r in rounds if any(t.elements for t in r)]
-
-
-def tree_reduce(group: tuple[int, ...], n: int) -> list[Round]:
-    """Binomial tree: in round d, member i (i % 2d == d) sends to member i - d."""
-    rounds, d, p = [], 1, len(group)
-    while d < p:
-        rounds.append(tuple(Transfer(group[i], group[i - d], 0, n, "reduce") for i in range(d, p, 2 * d)))
-        d *= 2
+    for reduce in phases:
+        for s in range(p - 1):
+            msgs = []
+            for i in range(p):
+                off, size = chunks[(i - s) % p if reduce else (i + 1 - s) % p]
+                if size:
+                    msgs.append(Transfer(group[i], group[(i + 1) % p], base + off, base + off + size,
+                                         "reduce" if reduce else "copy"))
+            rounds.append(tuple(msgs))
     return rounds
 
 
-def tree_broadcast(group: tuple[int, ...], n: int) -> list[Round]:
-    return [tuple(Transfer(t.dst, t.src, 0, n, "copy") for t in r) for r in reversed(tree_reduce(group, n))]
+def _tree(group: tuple[int, ...], n: int) -> list[Round]:
+    """Binomial reduce to the first member, then binomial broadcast back."""
+    p, up, k = len(group), [], 1
+    while k < p:
+        up.append(tuple(Transfer(group[i], group[i - k], 0, n, "reduce") for i in range(k, p, 2 * k)))
+        k *= 2
+    down = [tuple(Transfer(t.dst, t.src, t.start, t.stop, "copy") for t in rnd) for rnd in reversed(up)]
+    return up + down
 
 
-def hierarchical_schedule(group: tuple[int, ...], n: int, group_size: int) -> list[Round]:
-    subgroups = [group[i:i + group_size] for i in range(0, len(group), group_size)]
-    leaders = tuple(g[0] for g in subgroups)
-    reduce_rounds = _merge([tree_reduce(g, n) for g in subgroups])
-    bcast_rounds = _merge([tree_broadcast(g, n) for g in subgroups])
-    return reduce_rounds + ring_schedule(leaders, n) + bcast_rounds
+def _merge(per_group: list[list[Round]]) -> list[Round]:
+    """Run several independent schedules side by side, round by round."""
+    depth = max((len(r) for r in per_group), default=0)
+    return [tuple(m for rounds in per_group if i < len(rounds) for m in rounds[i]) for i in range(depth)]
 
 
-def _merge(parallel: list[list[Round]]) -> list[Round]:
-    """Run independent schedules side by side: round k holds every schedule's round k."""
-    depth = max((len(s) for s in parallel), default=0)
-    return [tuple(t for s in parallel if k < len(s) for t in s[k]) for k in range(depth)]
+def _hierarchical(group: tuple[int, ...], base: int, n: int, g: int) -> list[Round]:
+    """Reduce-scatter inside sub-groups of g neighbours, all-reduce each chunk recursively among the
+    members holding it (one per sub-group), all-gather inside sub-groups. Falls back to a ring when
+    the group does not split into equal sub-groups."""
+    p = len(group)
+    if p <= g or p % g or g < 2:
+        return _ring(group, base, n)
+    subs = [group[i:i + g] for i in range(0, p, g)]
+    chunks = _chunks(n, g)
+    rs = _merge([_ring(s, base, n, (True,)) for s in subs])
+    mid = _merge([_hierarchical(tuple(s[j] for s in subs), base + chunks[(j + 1) % g][0], chunks[(j + 1) % g][1], g)
+                  for j in range(g) if chunks[(j + 1) % g][1]])
+    ag = _merge([_ring(s, base, n, (False,)) for s in subs])
+    return rs + mid + ag
 
 
-def default_group_size(p: int) -> int:
-    """Groups of about sqrt(p) chips, at least 2 (hierarchical on 8 chips: 2 groups of 4)."""
-    return max(2, 2 ** math.ceil(math.log2(max(1.0, math.sqrt(p)))))
-
-
-def schedule(algorithm: str, group: tuple[int, ...], n: int, group_size: int | None = None) -> list[Round]:
-    """The rounds of transfers that all-reduce an `n`-element vector over `group`."""
+@lru_cache(maxsize=4096)
+def schedule(algorithm: str, group: tuple[int, ...], n: int, group_size: int | None = 2) -> tuple[Round, ...]:
+    """Rounds of messages that all-reduce an `n`-element vector over `group` (hierarchical: sub-groups
+    of `group_size`, the hardware preset's `group_size`)."""
     if not group or len(set(group)) != len(group):
         raise McushardError(f"all-reduce: bad group {group}")
+    if algorithm not in ALGORITHMS:
+        raise McushardError(f"unknown algorithm {algorithm!r} for an all-reduce; use {', '.join(ALGORITHMS)}")
+    group_size = 2 if group_size is None else group_size
+    if group_size < 1:
+        raise McushardError(f"all-reduce: group_size must be >= 1, got {group_size}")
+    if len(group) <= 1 or n <= 0:
+        return ()
     if algorithm == "ring":
-        return ring_schedule(group, n)
+        return tuple(_ring(group, 0, n))
     if algorithm == "tree":
-        return tree_reduce(group, n) + tree_broadcast(group, n)
+        return tuple(_tree(group, n))
     if algorithm == "hierarchical":
-        size = group_size if group_size is not None else default_group_size(len(group))
-        if size < 1:
-            raise McushardError(f"all-reduce: group_size must be >= 1, got {size}")
-        return hierarchical_schedule(group, n, size)
-    raise McushardError(f"all-reduce: unknown algorithm {algorithm!r} (known: {', '.join(ALGORITHMS)})")
+        return tuple(_hierarchical(group, 0, n, group_size))
+    raise McushardError(f"unknown algorithm {algorithm!r} for an all-reduce; use {', '.join(ALGORITHMS)}")
 
 
-def edges(rounds: list[Round]) -> set[tuple[int, int]]:
-    """The chip-to-chip links a schedule uses (undirected)."""
-    return {tuple(sorted((t.src, t.dst))) for r in rounds for t in r}
+def edges(rounds) -> set[tuple[int, int]]:
+    """The chip-to-chip links a schedule uses (undirected, as (low, high) pairs)."""
+    return {(min(t.src, t.dst), max(t.src, t.dst)) for rnd in rounds for t in rnd}
 
 
-def bytes_sent(rounds: list[Round], elem_bytes: int) -> dict[tuple[int, int], int]:
-    """Bytes per directed (src, dst) pair."""
+def bytes_sent(rounds, elem_bytes: int) -> dict[tuple[int, int], int]:
+    """Payload bytes per directed link (src, dst) of a schedule."""
     out: dict[tuple[int, int], int] = {}
-    for r in rounds:
-        for t in r:
+    for rnd in rounds:
+        for t in rnd:
             out[(t.src, t.dst)] = out.get((t.src, t.dst), 0) + t.elements * elem_bytes
     return out

@@ -1,0 +1,100 @@
+"""The chip-process layer: all-reduce schedules executed by real processes, failures, byte counts."""
+
+import os
+import time
+
+import numpy as np
+import pytest
+
+from mcushard.errors import McushardError
+from mcushard.partition.collectives import ALGORITHMS, bytes_sent, edges, schedule
+from mcushard.runtime.chips import ChipCluster, all_reduce
+
+
+class _Reducer:
+    def __init__(self, chip, links, init):
+        self.links, self.vector = links, init
+        self.group = None
+
+    def handle(self, request):
+        if isinstance(request, tuple):  # ("reduce", algorithm)
+            self.links.bytes_sent.clear()
+            rounds = schedule(request[1], self.group, len(self.vector))
+            return all_reduce(self.links, rounds, self.vector), dict(self.links.bytes_sent)
+        if request == "die":
+            os._exit(3)
+        if request == "hang":
+            time.sleep(60)
+        if request == "raise":
+            raise ValueError("boom")
+        if isinstance(request, int):  # the group size
+            self.group = tuple(range(request))
+            return None
+        if request == "pid":
+            return os.getpid()
+        raise AssertionError(request)
+
+
+def _make(chip, links, init):
+    return _Reducer(chip, links, init)
+
+
+LENGTH = 37
+
+
+def _cluster(n, timeout_s=20.0):
+    rng = np.random.default_rng(n)
+    links = set().union(*(edges(schedule(a, tuple(range(n)), LENGTH)) for a in ALGORITHMS))
+    vectors = [rng.integers(-2**20, 2**20, size=LENGTH, dtype=np.int32) for _ in range(n)]
+    return ChipCluster(n, links, _make, vectors, timeout_s=timeout_s), vectors
+
+
+@pytest.mark.parametrize("n", [1, 3, 8])
+def test_all_reduce_is_exact_and_bytes_match_schedule(n):
+    cluster, vectors = _cluster(n)
+    expected = np.sum(vectors, axis=0, dtype=np.int32)
+    with cluster:
+        cluster.request(n)
+        for algorithm in ALGORITHMS:
+            replies = cluster.request(("reduce", algorithm))
+            for result, _ in replies:
+                np.testing.assert_array_equal(result, expected)
+            counted = {(c, peer): b for c, (_, sent) in enumerate(replies) for peer, b in sent.items()}
+            assert counted == bytes_sent(schedule(algorithm, tuple(range(n)), LENGTH), 4)
+
+
+def test_schedule_covers_vector_shorter_than_group():
+    rounds = schedule("ring", tuple(range(8)), 3)
+    assert all(t.elements > 0 for r in rounds for t in r)
+
+
+def test_unknown_algorithm_is_a_clear_error():
+    with pytest.raises(McushardError, match="unknown algorithm"):
+        schedule("butterfly", (0, 1), 4)
+
+
+@pytest.mark.parametrize("request_kind,message", [("die", "died"), ("hang", "did not answer"), ("raise", "boom")])
+def test_failing_chip_is_reported_and_no_process_survives(request_kind, message):
+    cluster, _ = _cluster(3, timeout_s=3.0)
+    pids = cluster.request("pid")
+    with pytest.raises(McushardError, match=message):
+        cluster.request([request_kind, "pid", "pid"])
+    time.sleep(0.2)
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    cluster.close()  # idempotent
+
+
+def test_chip_exits_when_host_connection_closes():
+    cluster, _ = _cluster(2)
+    for conn in cluster._control:
+        conn.close()
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        alive = [p for p in cluster._procs if p.is_alive()]
+        if not alive:
+            break
+        time.sleep(0.1)
+    assert not [p for p in cluster._procs if p.is_alive()], "chips outlived their host connection"
+    cluster.close()
