@@ -70,7 +70,16 @@ class Placement:
 
 
 def place(plan: Plan, chip: ChipSpec, wl: Workload) -> Placement:
-    return Placement(tuple(_place_chip(plan, chip, wl, c) for c in range(plan.n_chips)), wl)
+    """Chips holding the same tensors at the same sizes share one (identical) memory map."""
+    seen: dict[tuple, ChipPlacement] = {}
+    out = []
+    for c in range(plan.n_chips):
+        key = (tuple(plan.tensor_bytes(c).items()), plan.kv_elements[c], plan.act_elements[c],
+               max((s.cols[1] - s.cols[0] for s in plan.shards[c]), default=1))
+        if key not in seen:
+            seen[key] = _place_chip(plan, chip, wl, c)
+        out.append(seen[key])
+    return Placement(tuple(out), wl)
 
 
 def _need(cond: bool, chip: int, level: str, needed: int, free: int, what: str) -> None:

@@ -93,6 +93,33 @@ def _stages(plan: Plan) -> int:
     return 1
 
 
+def _work_cost(kernel, w, homes, cp, chip, levels, plan: Plan, wl: Workload, tokens: int):
+    """(seconds, of which memory stall, MAC energy, ((level, bytes, energy), ...)) of one chip's work."""
+    per = wl.keys * tokens if kernel == "attention" else tokens
+    macs, elems = w.macs * per, w.elements * per
+    reads: dict[str, float] = {}
+    if kernel == "attention":
+        reads[homes] = w.weight_elements * plan.act_bytes * wl.keys * -(-tokens // ATTN_QUERY_TILE)
+    elif kernel == "matmul":  # a matmul reads its whole slices, once per token tile
+        for lv, nbytes in homes:
+            reads[lv] = reads.get(lv, 0) + nbytes * cp.token_tiles
+    elif homes is not None and w.weight_elements:  # lookups read one row per token
+        reads[homes] = w.weight_elements * plan.weight_bytes * tokens
+    t_c = compute_time_s(chip, kernel, tokens, macs, elems)
+    t_m = t_serial = 0.0
+    out = []
+    for lv, nbytes in reads.items():
+        level = levels[lv]
+        tt = transfer_time_s(level, nbytes, -(-int(nbytes) // cp.l1_tile_bytes), chip.dma_setup_s)
+        if level.overlaps_compute:
+            t_m += tt
+        else:
+            t_serial += tt
+        out.append((lv, int(nbytes), transfer_energy_j(level, chip.l1, nbytes)))
+    t_stall = max(0.0, t_m - t_c) + t_serial
+    return t_c + t_stall + chip.kernel_overhead_s, t_stall, compute_energy_j(chip, macs, elems), tuple(out)
+
+
 def simulate(plan: Plan, hw: HardwareSpec, wl: Workload, placement: Placement | None = None,
              trace: bool = False) -> CostReport:
     chip, link = hw.chip, hw.link
@@ -111,6 +138,7 @@ def simulate(plan: Plan, hw: HardwareSpec, wl: Workload, placement: Placement | 
     blocks: dict[str, list[float]] = {}
     events: list[tuple[int, str, str, float, float]] = []
     lk, adds = link_key(link), add_rate(chip)
+    memo: dict[tuple, tuple] = {}
     micro = _stages(plan) if wl.mode == "prompt" else 1
     tokens = -(-wl.tokens // micro)
     for _ in range(micro):
@@ -118,44 +146,31 @@ def simulate(plan: Plan, hw: HardwareSpec, wl: Workload, placement: Placement | 
             before = max(clock)
             acc = blocks.setdefault(step.block, [0.0, 0.0])
             if isinstance(step, Compute):
+                attention = step.kernel == "attention"
                 for w in step.work:
                     c, cp = w.chip, placement.chips[w.chip]
-                    per = wl.keys * tokens if step.kernel == "attention" else tokens
-                    macs, elems = w.macs * per, w.elements * per
-                    reads: dict[str, float] = {}
-                    if step.kernel == "attention":
-                        passes = wl.keys * -(-tokens // ATTN_QUERY_TILE)
-                        reads[cp.kv_level] = w.weight_elements * plan.act_bytes * passes
-                    elif w.tensors:
-                        slice_elems = sum(held[c][t] for t in w.tensors) // plan.weight_bytes
-                        if w.weight_elements == slice_elems:  # a matmul reads its whole slices
-                            for t in w.tensors:
-                                lv = cp.home[t]
-                                reads[lv] = reads.get(lv, 0) + held[c][t] * cp.token_tiles
-                        else:  # lookups and norm gains
-                            lv = cp.home[w.tensors[0]]
-                            reads[lv] = w.weight_elements * plan.weight_bytes * (tokens if w.weight_elements else 0)
-                    t_c = compute_time_s(chip, step.kernel, tokens, macs, elems)
-                    t_m = t_serial = 0.0
-                    e = compute_energy_j(chip, macs, elems)
-                    e_compute += e
-                    for lv, nbytes in reads.items():
-                        tt = transfer_time_s(levels[lv], nbytes, -(-int(nbytes) // cp.l1_tile_bytes), chip.dma_setup_s)
-                        if levels[lv].overlaps_compute:
-                            t_m += tt
+                    key = (step.kernel, w.macs, w.elements, w.weight_elements, w.tensors, id(cp))
+                    cost = memo.get(key)
+                    if cost is None:
+                        if step.kernel == "matmul":
+                            homes = tuple((cp.home[t], held[c][t]) for t in w.tensors)
+                        elif attention:
+                            homes = cp.kv_level
                         else:
-                            t_serial += tt
-                        el = transfer_energy_j(levels[lv], chip.l1, nbytes)
-                        e_level[lv] += el
-                        e += el
-                        level_bytes[c][lv] += int(nbytes)
-                    t_stall = max(0.0, t_m - t_c) + t_serial
-                    t = t_c + t_stall + chip.kernel_overhead_s
+                            homes = cp.home[w.tensors[0]] if w.tensors else None
+                        cost = memo[key] = _work_cost(step.kernel, w, homes, cp, chip, levels, plan, wl, tokens)
+                    t, t_stall, e_mac, reads = cost
                     if trace:
                         events.append((c, f"{step.block}/{step.label}", step.kernel, clock[c], t))
                     clock[c] += t
                     comp[c] += t - t_stall
                     stall[c] += t_stall
+                    e = e_mac
+                    for lv, nbytes, el in reads:
+                        e_level[lv] += el
+                        e += el
+                        level_bytes[c][lv] += nbytes
+                    e_compute += e_mac
                     dyn[c] += e
                     acc[1] += e
             elif isinstance(step, AllReduce):

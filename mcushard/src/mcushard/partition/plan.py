@@ -19,7 +19,8 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Literal
+from functools import cached_property
+from typing import Literal, NamedTuple
 
 from mcushard.errors import McushardError
 from mcushard.model.config import BertConfig, LlamaConfig, ModelConfig
@@ -49,8 +50,7 @@ def split_even(n: int, parts: int) -> list[Range]:
     return [(2 * a, 2 * b) for a, b in split(n // 2, parts)]
 
 
-@dataclass(frozen=True, slots=True)
-class Slice:
+class Slice(NamedTuple):
     """A rectangle of one weight tensor held by one chip."""
 
     tensor: str  # weight name, as in llama_shapes / bert_shapes
@@ -63,9 +63,8 @@ class Slice:
         return (self.rows[1] - self.rows[0]) * (self.cols[1] - self.cols[0])
 
 
-@dataclass(frozen=True, slots=True)
-class Work:
-    """What one chip computes in one step, per token."""
+class Work(NamedTuple):
+    """What one chip computes in one step, per token (a NamedTuple: plans hold thousands)."""
 
     chip: int  # chip index
     tensors: tuple[str, ...] = ()  # weights read (this chip's slices of them)
@@ -146,14 +145,21 @@ class Plan:
 
     def bytes_held(self, chip: int) -> int:
         """Weight bytes stored on `chip` (replicated slices count on every chip)."""
-        return sum(s.elements for s in self.shards[chip]) * self.weight_bytes
+        return sum(self.tensor_bytes(chip).values())
 
     def tensor_bytes(self, chip: int) -> dict[str, int]:
         """Weight bytes per tensor name on `chip`."""
-        out: Counter[str] = Counter()
-        for s in self.shards[chip]:
-            out[s.tensor] += s.elements * self.weight_bytes
-        return dict(out)
+        return self._tensor_bytes[chip]
+
+    @cached_property
+    def _tensor_bytes(self) -> list[dict[str, int]]:
+        out = []
+        for shard in self.shards:
+            held: dict[str, int] = {}
+            for name, (r0, r1), (c0, c1), _ in shard:
+                held[name] = held.get(name, 0) + (r1 - r0) * (c1 - c0) * self.weight_bytes
+            out.append(held)
+        return out
 
 
 def model_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:

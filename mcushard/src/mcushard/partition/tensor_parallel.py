@@ -20,6 +20,7 @@ from __future__ import annotations
 from mcushard.errors import McushardError
 from mcushard.model.config import LlamaConfig
 from mcushard.partition.plan import (
+    ACT_BYTES,
     PSUM_BYTES,
     AllReduce,
     Compute,
@@ -33,6 +34,7 @@ from mcushard.partition.plan import (
 )
 
 ONE = (0, 1)  # column range of a 1-D tensor
+_new_slice = tuple.__new__  # builds a Slice without NamedTuple's Python-level __new__ (plans hold thousands)
 
 
 class Builder:
@@ -52,7 +54,7 @@ class Builder:
 
     def hold(self, chip: int, tensor: str, rows, cols=ONE, replicated: bool = False) -> None:
         if rows[1] > rows[0] and cols[1] > cols[0]:
-            self.shards[chip].append(Slice(tensor, tuple(rows), tuple(cols), replicated))
+            self.shards[chip].append(_new_slice(Slice, (tensor, rows, cols, replicated)))
 
     def replicate(self, chips, tensor: str, width: int) -> None:
         for c in chips:
@@ -198,7 +200,14 @@ def stage_blocks(cfg, b: Builder, groups: list[tuple[int, ...]]) -> None:
     for s, (lo, hi) in enumerate(split(n_layers, len(groups))):
         chips = groups[s]
         if s == 0 and b.scope == "model":
-            llama_embed(b, cfg, chips) if isinstance(cfg, LlamaConfig) else bert_tp.embed(b, cfg, chips)
+            if isinstance(cfg, LlamaConfig) and cfg.shared_classifier and len(groups) > 1:
+                # the tied embedding lives with the classifier on the last stage: look up there, send
+                llama_embed(b, cfg, groups[-1])
+                b.send("embed", "embedding", groups[-1], chips, cfg.dim, elem_bytes=ACT_BYTES)
+            elif isinstance(cfg, LlamaConfig):
+                llama_embed(b, cfg, chips)
+            else:
+                bert_tp.embed(b, cfg, chips)
         else:
             b.send(f"layers.{lo - 1}", "residual", groups[s - 1], chips, width, elem_bytes=PSUM_BYTES)
         if isinstance(cfg, LlamaConfig):
