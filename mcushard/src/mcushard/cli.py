@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import typer
 
@@ -79,17 +80,75 @@ def quant_error(
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
     seed: int = typer.Option(0, help="random-weight seed for presets"),
 ) -> None:
-    """int8 quantisation error: per scheme, teacher-forced top-1 agreement with fp32; weight error."""
-    from mcushard.model.config import LlamaConfig
+    """int8 quantisation error: decoders, per scheme teacher-forced top-1 agreement with fp32 and the
+    weight error; encoders (BERT/MobileBERT), output error against fp32 per activation width."""
+    from mcushard.model.config import BertConfig
     from mcushard.model.load import load_model
     from mcushard.runtime.quant import format_report, quant_error_report
 
     cfg, weights = load_model(model, seed)
-    if not isinstance(cfg, LlamaConfig):
-        raise McushardError(f"{model}: quant-error needs a decoder (Llama) model, got {cfg.kind}")
+    if isinstance(cfg, BertConfig):  # encoders: output error per activation width
+        from mcushard.runtime.bert_int8 import bert_quant_error, format_bert_report
+
+        report = bert_quant_error(cfg, weights)
+        print(json.dumps(report, indent=2) if as_json else format_bert_report(report))
+        return
     names = [n.strip() for n in schemes.split(",") if n.strip()] or None
     report = quant_error_report(cfg, weights, steps, names)
     print(json.dumps(report, indent=2) if as_json else format_report(report))
+
+
+@app.command()
+def simulate(
+    model: str = typer.Option(..., "--model", help="preset name, llama2.c .bin, or HF directory"),
+    chips: int = typer.Option(..., "--chips", min=1, help="number of chips"),
+    hardware: str = typer.Option("siracusa", help="hardware preset name or YAML file"),
+    strategy: str = typer.Option("tp", help="tp | pp | hybrid"),
+    mode: str = typer.Option("decode", help="decode (one token vs a KV cache) | prompt (all tokens at once)"),
+    kv_len: int = typer.Option(128, min=1, help="decode: cached positions"),
+    seq_len: int = typer.Option(128, min=1, help="prompt: tokens"),
+    scope: str = typer.Option("model", help="model (everything) | blocks (transformer blocks only)"),
+    as_json: bool = typer.Option(False, "--json", help="print the CostReport as JSON"),
+    trace: str = typer.Option("", help="write a Chrome/Perfetto trace JSON of the step to this file"),
+) -> None:
+    """Cost of one decode step or one prompt: latency, energy, EDP, bytes; per chip and per block."""
+    from mcushard.explore import simulate_cmd
+
+    simulate_cmd(model, chips, hardware, strategy, mode, kv_len, seq_len, scope, as_json, Path(trace) if trace else None)
+
+
+@app.command()
+def sweep(
+    model: str = typer.Option("tinyllama-42m", "--model", help="preset name, llama2.c .bin, or HF directory"),
+    hardware: str = typer.Option("siracusa", help="hardware preset name or YAML file"),
+    chips: str = typer.Option("1-64", help="chip counts, e.g. 1-64 or 1,2,4,8"),
+    link_gbps: str = typer.Option("", help="link bandwidths in GB/s, e.g. 1,4,8 (default: the preset's)"),
+    l2_kib: str = typer.Option("", help="L2 sizes in KiB, e.g. 1024,2048 (default: the preset's)"),
+    mram_kib: str = typer.Option("", help="non-volatile on-chip sizes in KiB (default: the preset's)"),
+    objective: str = typer.Option("latency", help="latency | energy | edp: picks the best plan per point"),
+    mode: str = typer.Option("decode", help="decode | prompt"),
+    kv_len: int = typer.Option(128, min=1, help="decode: cached positions"),
+    seq_len: int = typer.Option(128, min=1, help="prompt: tokens"),
+    scope: str = typer.Option("model", help="model | blocks"),
+    out: str = typer.Option("sweep-out", help="directory for sweep.csv, speedup.png, energy.png"),
+) -> None:
+    """Sweep chips x link bandwidth x memory sizes; best of tp/pp/hybrid per point; CSV + PNG plots."""
+    from mcushard.explore import sweep_cmd
+
+    for path in sweep_cmd(model, hardware, chips, link_gbps, l2_kib, mram_kib, objective, mode, kv_len,
+                          seq_len, scope, Path(out)):
+        print(path)
+
+
+@app.command()
+def reproduce(
+    hardware: str = typer.Option("siracusa", help="hardware preset name or YAML file"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object: paper and model per figure"),
+) -> None:
+    """The paper's figures (TinyLlama-42M x8, MobileBERT x4, scaled TinyLlama x64) beside the model's."""
+    from mcushard.explore import reproduce_cmd
+
+    reproduce_cmd(hardware, as_json)
 
 
 def main() -> None:
