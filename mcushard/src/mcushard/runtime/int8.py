@@ -6,8 +6,8 @@ What is integer and what is not:
   `kernels`), the int32 residual stream and its additions, RMSNorm (int64 sum of squares, integer
   square root, integer division to the output grid), RoPE (Q14 cos/sin tables), attention scores
   and the probability-weighted sum of V (Q15 probabilities), softmax (exp2 of a Q10 fixed-point
-  argument via a 1024-entry Q20 table and shifts, integer normalisation), SiLU (Q24 sigmoid table with
-  linear interpolation over a Q16 argument), the SwiGLU product.
+  argument via a 1024-entry Q20 table and shifts, integer normalisation), SiLU and GELU (Q24 sigmoid / normal-CDF
+  tables with linear interpolation over a Q16 argument), the SwiGLU product.
 - float: only the requantisation multipliers, one float64 multiply per output element (per-channel
   weight scale x activation scale / output scale) followed by round-to-nearest-even and clipping,
   and the final logits (accumulator x scales) handed to the sampler. The scales are constants except
@@ -52,6 +52,8 @@ RES_CLIP = 2 ** (RES_BITS + 1) - 1  # residual clipped to 26 bits: int64 sums of
 EXP2_TABLE = np.rint(EXP_ONE * 2.0 ** (-np.arange(1 << EXP_FRAC) / (1 << EXP_FRAC))).astype(np.int64)  # [1024]
 _sig_x = np.arange(-SIG_RANGE, SIG_RANGE + 2 / 16, 1 / 16)  # [514]: one extra entry for the top edge
 SIGMOID_TABLE = np.rint((1 << SIG_FRAC) / (1.0 + np.exp(-_sig_x))).astype(np.int64)  # [514] Q24
+# the standard normal CDF, for GELU(x) = x * Phi(x)
+PHI_TABLE = np.rint((1 << SIG_FRAC) * 0.5 * (1.0 + np.vectorize(math.erf)(_sig_x / math.sqrt(2.0)))).astype(np.int64)
 
 
 def requantize(acc: np.ndarray, ratio: np.ndarray | float, bits: int) -> np.ndarray:
@@ -87,13 +89,24 @@ def rope_int(x: np.ndarray, cos_q: np.ndarray, sin_q: np.ndarray, bits: int) -> 
     return np.clip(out, -qmax(bits), qmax(bits))
 
 
-def softmax_int(scores: np.ndarray, log2_ratio: np.ndarray) -> np.ndarray:
+def softmax_int(scores: np.ndarray, log2_ratio: np.ndarray | float, keep: np.ndarray | None = None) -> np.ndarray:
     """Fixed-point softmax over the last axis.
 
     scores: int64 [..., T] exact accumulators; log2_ratio: [..., 1] real log2 units per accumulator
-    unit. Returns int64 Q15 probabilities [..., T].
+    unit; keep: bool [..., T] or broadcastable, False for masked keys (probability 0; a row with no
+    key kept gets uniform probabilities). Returns int64 Q15 probabilities [..., T].
     """
-    d = np.rint((np.max(scores, axis=-1, keepdims=True) - scores) * log2_ratio).astype(np.int64)
+    if keep is None:
+        top = np.max(scores, axis=-1, keepdims=True)
+    else:
+        keep = np.broadcast_to(keep, scores.shape)
+        top = np.max(np.where(keep, scores, np.iinfo(np.int64).min), axis=-1, keepdims=True)
+        top = np.where(np.any(keep, axis=-1, keepdims=True), top, scores[..., :1])
+    d = np.rint((top - scores) * log2_ratio).astype(np.int64)
+    if keep is not None:
+        none_kept = ~np.any(keep, axis=-1, keepdims=True)
+        d = np.where(keep, d, 62 << EXP_FRAC)
+        d = np.where(none_kept, 0, d)
     shift = np.minimum(d >> EXP_FRAC, 62)
     e = EXP2_TABLE[d & ((1 << EXP_FRAC) - 1)] >> shift  # [..., T], the max is EXP_ONE exactly
     total = np.sum(e, axis=-1, keepdims=True)
@@ -113,14 +126,25 @@ def attention_heads(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, sco
     return requantize(exact_matmul_f64(probs, v_cache), out_ratio, bits)  # [n_kv, n_rep, hd]
 
 
-def silu_q16(x: np.ndarray) -> np.ndarray:
-    """SiLU of a Q16 argument, Q16 result: x * sigmoid(x), sigmoid from the interpolated Q24 table."""
+def gated_q16(x: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """x * f(x) for a Q16 argument, Q16 result; f from a Q24 table over [-16, 16] (linear interpolation
+    between entries 1/16 apart, saturating outside). x: int64 [...] -> int64 [...]."""
     step = 1 << SIG_STEP_SHIFT
     u = np.clip(x, -SIG_RANGE << SILU_FRAC, SIG_RANGE << SILU_FRAC) + (SIG_RANGE << SILU_FRAC)
     idx, frac = u >> SIG_STEP_SHIFT, u & (step - 1)
-    lo = SIGMOID_TABLE[idx]
-    sig = lo + (((SIGMOID_TABLE[idx + 1] - lo) * frac + step // 2) >> SIG_STEP_SHIFT)  # Q24
-    return (x * sig + (1 << (SIG_FRAC - 1))) >> SIG_FRAC
+    lo = table[idx]
+    f = lo + (((table[idx + 1] - lo) * frac + step // 2) >> SIG_STEP_SHIFT)  # Q24
+    return (x * f + (1 << (SIG_FRAC - 1))) >> SIG_FRAC
+
+
+def silu_q16(x: np.ndarray) -> np.ndarray:
+    """SiLU(x) = x * sigmoid(x), Q16 in and out."""
+    return gated_q16(x, SIGMOID_TABLE)
+
+
+def gelu_q16(x: np.ndarray) -> np.ndarray:
+    """GELU(x) = x * Phi(x) (the erf form), Q16 in and out."""
+    return gated_q16(x, PHI_TABLE)
 
 
 def swiglu_columns(gate_acc: np.ndarray, up_acc: np.ndarray, gate_ratio: np.ndarray,
