@@ -338,6 +338,11 @@ def test_bert_heads_skipped_and_strays_refused(tmp_path):
     save_file(tensors | {"mobilebert.encoder.layer.0.extra.weight": np.zeros(3, np.float32)}, path)
     with pytest.raises(McushardError, match="unexpected tensor 'mobilebert.encoder.layer.0.extra.weight'"):
         load_hf(tmp_path)
-    _edit_config(tmp_path, key_query_shared_bottleneck=False)
+    save_file(tensors, path)
+    _edit_config(tmp_path, num_feedforward_networks=2**62)  # rejected before any per-FFN table is built
+    with pytest.raises(McushardError, match="says 4611686018427387904 FFNs per layer, the safetensors hold "
+                       r"stacked FFNs \[0\]"):
+        load_hf(tmp_path)
+    _edit_config(tmp_path, num_feedforward_networks=2, key_query_shared_bottleneck=False)
     with pytest.raises(McushardError, match="config.json: .*key_query_shared_bottleneck"):
         load_hf(tmp_path)

@@ -41,7 +41,7 @@ _LLAMA_LAYER = {
 }
 _LLAMA_TOP = {"model.embed_tokens.weight": "tok_embeddings", "model.norm.weight": "norm", "lm_head.weight": "output"}
 _LLAMA_LAYER_RE = re.compile(r"model\.layers\.(\d+)\.(.+)")
-_BERT_LAYER_RE = re.compile(r"encoder\.layer\.(\d+)\.")
+_BERT_LAYER_RE = re.compile(r"encoder\.layer\.(\d+)\.(?:ffn\.(\d+)\.)?")
 _BERT_HEADS = ("pooler.", "cls.", "classifier.", "qa_outputs.", "embeddings.position_ids")
 _FLOAT_DTYPES = {"F16", "F32", "F64", "BF16"}
 
@@ -164,6 +164,7 @@ def _rename_llama(directory: Path, cfg: LlamaConfig, index: dict[str, _Tensor]) 
 def _rename_bert(directory: Path, cfg: BertConfig, index: dict[str, _Tensor]) -> dict[str, _Tensor]:
     renamed: dict[str, _Tensor] = {}
     layers: set[int] = set()
+    stacked: set[int] = set()  # indices N of encoder.layer.L.ffn.N
     for key, t in index.items():
         name = key.split(".", 1)[1] if key.startswith(("bert.", "mobilebert.")) else key
         if name.startswith(_BERT_HEADS) or key.startswith(_BERT_HEADS):
@@ -171,8 +172,16 @@ def _rename_bert(directory: Path, cfg: BertConfig, index: dict[str, _Tensor]) ->
         m = _BERT_LAYER_RE.match(name)
         if m:
             layers.add(int(m.group(1)))
+            if m.group(2) is not None:
+                stacked.add(int(m.group(2)))
         _put(renamed, name, t)
     _check_layers(directory, layers, cfg.num_layers)
+    # stacked FFNs are encoder.layer.L.ffn.0 .. ffn.(n-2); the last FFN is the block's own
+    if len(stacked) != cfg.num_feedforward_networks - 1 or stacked != set(range(len(stacked))):
+        raise McushardError(
+            f"{directory}: config.json says {cfg.num_feedforward_networks} FFNs per layer, the safetensors "
+            f"hold stacked FFNs {sorted(stacked)[:8]} besides the block's own"
+        )
     return renamed
 
 
