@@ -44,7 +44,7 @@ def generate(
 
         decoder = LlamaInt8.from_fp32(cfg, weights, scheme or None)
     else:
-        decoder = LlamaFP32(cfg, weights)
+        decoder = LlamaFP32(cfg, weights, cache_len=steps)
     out = run_generate(decoder, steps, temperature, seed)
     if tokens:
         print(json.dumps(out))
@@ -114,7 +114,8 @@ def simulate(
     """Cost of one decode step or one prompt: latency, energy, EDP, bytes; per chip and per block."""
     from mcushard.explore import simulate_cmd
 
-    simulate_cmd(model, chips, hardware, strategy, mode, kv_len, seq_len, scope, as_json, Path(trace) if trace else None)
+    simulate_cmd(model, chips, hardware, strategy, mode, kv_len, seq_len, scope, as_json,
+                 Path(trace) if trace else None)
 
 
 @app.command()

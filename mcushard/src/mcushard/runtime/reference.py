@@ -18,11 +18,12 @@ def rmsnorm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     return (x / np.sqrt(ms + np.float32(eps))) * weight
 
 
-def rope_tables(cfg: LlamaConfig) -> tuple[np.ndarray, np.ndarray]:
-    """cos and sin tables [max_seq_len, head_dim // 2] in fp32 as run.c computes them."""
+def rope_tables(cfg: LlamaConfig, positions: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin tables [positions, head_dim // 2] in fp32 as run.c computes them."""
+    positions = cfg.max_seq_len if positions is None else positions
     pair = np.arange(0, cfg.head_dim, 2, dtype=np.float32)  # [head_dim/2]
     freq = (1.0 / np.power(np.float32(cfg.rope_theta), pair / np.float32(cfg.head_dim))).astype(np.float32)
-    pos = np.arange(cfg.max_seq_len, dtype=np.float32)[:, None]  # [seq, 1]
+    pos = np.arange(positions, dtype=np.float32)[:, None]  # [positions, 1]
     angle = (pos * freq[None, :]).astype(np.float32)  # [seq, head_dim/2]
     return np.cos(angle).astype(np.float32), np.sin(angle).astype(np.float32)
 
@@ -59,14 +60,19 @@ def attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, n_rep: in
 
 
 class LlamaFP32:
-    """fp32 decoder with a KV cache; `step(token, pos)` returns the logits [vocab]."""
+    """fp32 decoder with a KV cache; `step(token, pos)` returns the logits [vocab].
 
-    def __init__(self, cfg: LlamaConfig, weights: Weights) -> None:
+    The cache holds `cache_len` positions (default and at most the model's `max_seq_len`), so a
+    config with a huge context does not allocate it for a short generation.
+    """
+
+    def __init__(self, cfg: LlamaConfig, weights: Weights, cache_len: int | None = None) -> None:
         self.cfg = cfg
         self.w = weights
         self.cls = classifier(cfg, weights)  # [vocab, dim]
-        self.cos, self.sin = rope_tables(cfg)
-        shape = (cfg.n_layers, cfg.n_kv_heads, cfg.max_seq_len, cfg.head_dim)
+        cache_len = cfg.max_seq_len if cache_len is None else min(cache_len, cfg.max_seq_len)
+        self.cos, self.sin = rope_tables(cfg, cache_len)  # [cache_len, hd/2]
+        shape = (cfg.n_layers, cfg.n_kv_heads, cache_len, cfg.head_dim)
         self.k_cache = np.zeros(shape, np.float32)  # [layers, n_kv, seq, hd]
         self.v_cache = np.zeros(shape, np.float32)
 
