@@ -84,7 +84,8 @@ def neighbours(hw: HardwareSpec) -> list[tuple[str, str, dict[str, float]]]:
     wide = tiny.replace(n_heads=64, n_kv_heads=64, name="tinyllama-42m-64heads")
     rows.append(("tinyllama_scaled_64", "64 heads of dim 8 (whole heads per chip)",
                  _versus_one(wide, 64, hw, "decode")))
-    rows.append(("tinyllama_scaled_64", f"KV length {2 * KV_LEN}", _versus_one(tiny, 64, hw, "decode", kv_len=2 * KV_LEN)))
+    rows.append(("tinyllama_scaled_64", f"KV length {2 * KV_LEN}",
+                 _versus_one(tiny, 64, hw, "decode", kv_len=2 * KV_LEN)))
     return [(fig, what, _pick(vals, PAPER[fig])) for fig, what, vals in rows]
 
 

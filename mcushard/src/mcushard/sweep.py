@@ -81,8 +81,9 @@ def run_sweep(cfg, hw: HardwareSpec, wl: Workload, chips: list[int], link_gbps: 
                     continue
             if tried:
                 best = min(tried, key=lambda s: _score(tried[s], objective))
-                points.append(Point(n, bw or hw.link.bandwidth_bytes_per_s / 1e9, l2 or hw.chip.working.size_bytes // 1024,
-                                    mr or _nvm_kib(hw), best, tried[best], 0.0,
+                points.append(Point(n, bw or hw.link.bandwidth_bytes_per_s / 1e9,
+                                    l2 or hw.chip.working.size_bytes // 1024, mr or _nvm_kib(hw), best,
+                                    tried[best], 0.0,
                                     {s: r.latency_s * 1e3 for s, r in tried.items()}))
             if progress:
                 progress()

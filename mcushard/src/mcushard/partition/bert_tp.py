@@ -29,7 +29,7 @@ def _split_any(n: int, parts: int):
 
 def _shards(cfg: BertConfig, chips):
     """Column shard of the inter-block state per chip (MobileBERT), else None (replicated)."""
-    return split(cfg.hidden_size, len(chips)) if cfg.use_bottleneck else None
+    return split(cfg.hidden_size, len(chips), "hidden columns") if cfg.use_bottleneck else None
 
 
 def _linear(b: Builder, chip: int, name: str, rows, cols, bias_rows) -> None:
@@ -48,7 +48,7 @@ def _norm(b: Builder, chips, name: str, rows=None, width: int = 0) -> None:
 
 def embed(b: Builder, cfg: BertConfig, chips) -> None:
     H, E, n = cfg.hidden_size, cfg.emb_size, len(chips)
-    vocab = split(cfg.vocab_size, n)
+    vocab = split(cfg.vocab_size, n, "vocabulary rows")
     for c, r in zip(chips, vocab):
         b.hold(c, "embeddings.word_embeddings.weight", r, (0, E))
     lookups = [Work(c, ("embeddings.word_embeddings.weight",), elements=E,
@@ -66,7 +66,7 @@ def embed(b: Builder, cfg: BertConfig, chips) -> None:
     b.compute("embed", "lookup", "elementwise", lookups)
     b.allreduce("embed", "lookup", chips, E, ACT_BYTES)
     in_width = E * (3 if cfg.trigram_input else 1)
-    hs = split(H, n)
+    hs = split(H, n, "hidden columns")
     works = []
     for c, r in zip(chips, hs):
         _linear(b, c, "embeddings.embedding_transformation", r, (0, in_width), r)
@@ -85,7 +85,7 @@ def embed(b: Builder, cfg: BertConfig, chips) -> None:
 def _ffn(b: Builder, cfg: BertConfig, blk: str, up: str, down: str, chips) -> None:
     A, I = cfg.attention_width, cfg.intermediate_size
     ups, downs = [], []
-    for i, (c, r) in enumerate(zip(chips, split(I, len(chips)))):
+    for i, (c, r) in enumerate(zip(chips, split(I, len(chips), "FFN rows"))):
         _linear(b, c, up + ".dense", r, (0, A), r)
         _linear(b, c, down + ".dense", (0, A), r, (0, A) if i == 0 else (0, 0))
         k = r[1] - r[0]

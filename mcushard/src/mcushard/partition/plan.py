@@ -32,10 +32,10 @@ Kernel = Literal["matmul", "attention", "elementwise"]
 ReduceOp = Literal["sum", "argmax"]
 
 
-def split(n: int, parts: int) -> list[Range]:
+def split(n: int, parts: int, what: str = "items") -> list[Range]:
     """`n` items in `parts` contiguous ranges, sizes differing by at most one (larger first)."""
     if parts <= 0 or n < parts:
-        raise McushardError(f"cannot split {n} items into {parts} non-empty parts")
+        raise McushardError(f"cannot split {n} {what} over {parts} chips")
     base, extra = divmod(n, parts)
     out, start = [], 0
     for i in range(parts):

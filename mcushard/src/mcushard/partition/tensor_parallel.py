@@ -46,6 +46,7 @@ class Builder:
         self.algorithm = algorithm
         self.strategy = strategy
         self.shards: list[list[Slice]] = [[] for _ in range(n_chips)]
+        self._index: list[dict[str, int]] = [{} for _ in range(n_chips)]  # tensor -> its latest slice
         self.steps: list[Step] = []
         self.kv = [0] * n_chips
         self.act = [0] * n_chips
@@ -54,7 +55,18 @@ class Builder:
 
     def hold(self, chip: int, tensor: str, rows, cols=ONE, replicated: bool = False) -> None:
         if rows[1] > rows[0] and cols[1] > cols[0]:
-            self.shards[chip].append(_new_slice(Slice, (tensor, rows, cols, replicated)))
+            shard, index = self.shards[chip], self._index[chip]
+            i = index.get(tensor)
+            if i is not None and not replicated:  # extend this chip's slice of the tensor when contiguous
+                _, (r0, r1), (c0, c1), _ = shard[i]
+                if (c0, c1) == cols and r1 == rows[0]:
+                    shard[i] = _new_slice(Slice, (tensor, (r0, rows[1]), cols, False))
+                    return
+                if (r0, r1) == rows and c1 == cols[0]:
+                    shard[i] = _new_slice(Slice, (tensor, rows, (c0, cols[1]), False))
+                    return
+            index[tensor] = len(shard)
+            shard.append(_new_slice(Slice, (tensor, rows, cols, replicated)))
 
     def replicate(self, chips, tensor: str, width: int) -> None:
         for c in chips:
@@ -104,13 +116,13 @@ def head_groups(layout, chips) -> list[tuple[int, ...]]:
     """Chips sharing one KV head (only when heads are split within)."""
     by_head: dict[int, list[int]] = {}
     for chip, pieces in zip(chips, layout):
-        for g, d0, d1 in pieces:
+        for g, _d0, _d1 in pieces:
             by_head.setdefault(g, []).append(chip)
     return [tuple(v) for v in by_head.values() if len(v) > 1]
 
 
 def llama_embed(b: Builder, cfg: LlamaConfig, chips) -> None:
-    vocab_rows = split(cfg.vocab_size, len(chips))
+    vocab_rows = split(cfg.vocab_size, len(chips), "vocabulary rows")
     for c, rows in zip(chips, vocab_rows):
         b.hold(c, "tok_embeddings", rows, (0, cfg.dim))
     b.compute("embed", "lookup", "elementwise", [
@@ -123,7 +135,7 @@ def llama_head(b: Builder, cfg: LlamaConfig, chips) -> None:
     b.replicate(chips, "norm", cfg.dim)
     b.elementwise("head", "norm", chips, 4 * cfg.dim, ("norm",))
     name = "tok_embeddings" if cfg.shared_classifier else "output"
-    vocab_rows = split(cfg.vocab_size, len(chips))
+    vocab_rows = split(cfg.vocab_size, len(chips), "vocabulary rows")
     works = []
     for c, rows in zip(chips, vocab_rows):
         if not cfg.shared_classifier:
@@ -133,7 +145,8 @@ def llama_head(b: Builder, cfg: LlamaConfig, chips) -> None:
         b.use_act(c, cfg.dim + rows[1] - rows[0])
     b.compute("head", "classifier", "matmul", works)
     b.elementwise("head", "argmax", chips, max(r[1] - r[0] for r in vocab_rows))
-    b.allreduce("head", "argmax", chips, 2, elem_bytes=4, op="argmax")
+    # one (value, index) pair packed in 8 bytes: indivisible, so no schedule can split value from index
+    b.allreduce("head", "argmax", chips, 1, elem_bytes=8, op="argmax")
 
 
 def llama_layers(b: Builder, cfg: LlamaConfig, layers, chips) -> None:
@@ -143,7 +156,7 @@ def llama_layers(b: Builder, cfg: LlamaConfig, layers, chips) -> None:
     if groups:
         b.notes.append(f"{len(chips)} chips > {cfg.n_kv_heads} KV heads: head_dim split within heads, "
                        "scores all-reduced per head group")
-    hidden_rows = split(cfg.hidden_dim, len(chips))
+    hidden_rows = split(cfg.hidden_dim, len(chips), "FFN rows")
     for layer in layers:
         p, blk = f"layers.{layer}.", f"layers.{layer}"
         qkv, attn, wo, ffn_up, ffn_down = [], [], [], [], []
@@ -197,7 +210,7 @@ def stage_blocks(cfg, b: Builder, groups: list[tuple[int, ...]]) -> None:
     if len(groups) > n_layers:
         raise McushardError(f"model {cfg.name!r}: {len(groups)} pipeline stages but only {n_layers} layers")
     width = cfg.dim if isinstance(cfg, LlamaConfig) else cfg.hidden_size
-    for s, (lo, hi) in enumerate(split(n_layers, len(groups))):
+    for s, (lo, hi) in enumerate(split(n_layers, len(groups), "layers")):
         chips = groups[s]
         if s == 0 and b.scope == "model":
             if isinstance(cfg, LlamaConfig) and cfg.shared_classifier and len(groups) > 1:
