@@ -59,6 +59,7 @@ class ExactLinear:
         padded = np.zeros((self.k_padded, self.out), self.dtype)  # [K padded, out]
         padded[: self.k] = w_int.T
         self.wt = padded.reshape(self.n_chunks, self.k_chunk, self.out)  # [chunks, k_chunk, out]
+        self._buffers: dict[int, np.ndarray] = {}  # n -> [n, K padded] input buffer
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x)
@@ -68,7 +69,9 @@ class ExactLinear:
             raise McushardError(f"ExactLinear input exceeds {self.x_max} (declared bits): {max_abs(x)}")
         xt = x.reshape(self.k, -1).T  # [n, K]
         n = xt.shape[0]
-        xp = np.zeros((n, self.k_padded), self.dtype)  # [n, K padded]
+        xp = self._buffers.get(n)
+        if xp is None:  # one zero-padded input buffer per batch size, reused across calls
+            xp = self._buffers[n] = np.zeros((n, self.k_padded), self.dtype)  # [n, K padded]
         xp[:, : self.k] = xt
         if self.n_chunks == 1:
             y = (xp @ self.wt[0]).astype(np.int64)  # [n, out]
