@@ -9,9 +9,11 @@ Prints tokens/s for each and the ratios against the baseline. Issue target: >= 8
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
+
 from mcushard.model.config import LlamaConfig, get_preset
 from mcushard.model.weights import Weights, random_weights
 from mcushard.runtime.int8 import LlamaInt8
@@ -87,7 +89,9 @@ def main() -> None:
     weights = random_weights(cfg, seed=0)
     t0 = time.perf_counter()
     qm = quantize_llama(cfg, weights, args.scheme, sequences=[list(range(1, 17))])  # 16 calibration tokens
-    print(f"tinyllama-42m, {args.tokens} tokens each; quantisation ({args.scheme}) took {time.perf_counter() - t0:.1f} s")
+    print(f"tinyllama-42m, {args.tokens} tokens each; quantisation ({args.scheme}) took "
+          f"{time.perf_counter() - t0:.1f} s; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores "
+          "(others' work slows every row alike)")
     results = {
         "numpy fp32 baseline": tokens_per_s(NaiveNumpyFP32(cfg, weights), args.tokens),
         "fp32 reference": tokens_per_s(LlamaFP32(cfg, weights), args.tokens),
