@@ -2,6 +2,8 @@ import json
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
+
 from mcushard.cli import app
 from mcushard.errors import McushardError
 from mcushard.model.config import get_preset
@@ -27,7 +29,6 @@ from mcushard.runtime.reference import (
     silu,
     softmax,
 )
-from typer.testing import CliRunner
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,8 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
+
 from mcushard.cli import app
 from mcushard.errors import McushardError
 from mcushard.model.bert_weights import ffn_prefixes
@@ -10,7 +12,6 @@ from mcushard.model.config import get_preset
 from mcushard.model.weights import random_weights
 from mcushard.runtime.bert import bert_forward, head_rows
 from mcushard.runtime.bert_int8 import BertInt8, bert_quant_error, quantize_bert
-from typer.testing import CliRunner
 
 
 @pytest.fixture(scope="module", params=["tiny-mobilebert-test", "tiny-bert-test"])

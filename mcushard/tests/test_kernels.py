@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+
 from mcushard.errors import McushardError
 from mcushard.runtime.kernels import (
     F32_EXACT,

@@ -76,7 +76,8 @@ class ExactLinear:
         if self.n_chunks == 1:
             y = (xp @ self.wt[0]).astype(np.int64)  # [n, out]
         else:
-            parts = np.matmul(xp.reshape(n, self.n_chunks, self.k_chunk).transpose(1, 0, 2), self.wt)  # [chunks, n, out]
+            chunks = xp.reshape(n, self.n_chunks, self.k_chunk).transpose(1, 0, 2)  # [chunks, n, k_chunk]
+            parts = np.matmul(chunks, self.wt)  # [chunks, n, out], each exact in float32
             y = parts.sum(axis=0, dtype=np.float64).astype(np.int64)  # [n, out]
         return y[0] if x.ndim == 1 else y.T
 
