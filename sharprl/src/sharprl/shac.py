@@ -1,0 +1,393 @@
+"""SHAC (Xu et al., ICLR 2022) and its SAM / ASAM variants, as pure JAX functions.
+
+One epoch: roll the current env states ``horizon`` steps with the stochastic actor (a ``lax.scan``
+through the differentiable Brax physics), form the short-horizon actor loss (discounted rewards plus
+the target critic's value at the end of the window or of a finished episode), take its gradient
+w.r.t. the actor (optionally the SAM/ASAM gradient from the same start states, keys and normaliser
+statistics), then fit the critic to TD(lambda) targets built from the same rollout. Gradients stop at
+the window's start and at every reset. Episodes terminate early (value 0) or are truncated at
+``episode_length`` (bootstrapped with the target critic on the observation before the reset). An
+update whose loss or gradient is not finite is skipped and counted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from sharprl import checkpoint, networks, sharpness
+from sharprl.envs import Task
+from sharprl.errors import SharprlError
+from sharprl.evaluate import evaluate
+from sharprl.shac_config import SHACConfig
+
+RETURN_WINDOW = 100  # finished training episodes averaged for the logged training return
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything that changes during training (a pytree, checkpointed for --resume)."""
+
+    actor_params: Any  # flax params of the Gaussian actor
+    critic_params: Any  # flax params of the value critic
+    target_critic_params: Any  # slowly-updated copy of the critic
+    actor_opt_state: Any  # optax state of the (SAM/ASAM-wrapped) actor optimiser
+    critic_opt_state: Any  # optax state of the critic optimiser
+    normalizer: networks.NormalizerState  # running observation statistics
+    env_state: Any  # brax State batched over num_envs
+    episode_step: jax.Array  # (num_envs,) int32 steps into the current episode
+    episode_return: jax.Array  # (num_envs,) raw return of the current episode so far
+    finished_returns: jax.Array  # (RETURN_WINDOW,) ring buffer of finished episodes' returns
+    finished_count: jax.Array  # () int32 number of finished episodes so far
+    key: jax.Array  # (2,) uint32 PRNG key
+    epoch: jax.Array  # () int32 epochs done
+    skipped_actor: jax.Array  # () int32 actor updates skipped (non-finite)
+    skipped_critic: jax.Array  # () int32 critic updates skipped (non-finite)
+
+
+class Learner:
+    """The networks, optimisers and jitted epoch function for one (config, task)."""
+
+    def __init__(self, config: SHACConfig, task: Task):
+        self.config, self.task = config, task
+        self.spec = networks.PolicySpec(
+            observation_size=task.observation_size,
+            action_size=task.action_size,
+            hidden_sizes=tuple(config.actor_hidden),
+            activation=config.activation,
+            log_std_init=config.log_std_init,
+        )
+        self.actor = networks.make_actor(self.spec)
+        self.critic = networks.ValueCritic(tuple(config.critic_hidden), config.activation)
+        self.make_policy, _ = networks.policy_factory(self.spec)
+        critic_updates = config.epochs * config.critic_iterations * config.critic_minibatches
+        self.actor_opt = sharpness.wrap(
+            self._adam(config.actor_lr, config.epochs), config.sharpness, config.rho, config.asam_eta
+        )
+        critic_mode = config.sharpness if config.critic_sharpness else None
+        self.critic_opt = sharpness.wrap(
+            self._adam(config.critic_lr, critic_updates), critic_mode, config.rho, config.asam_eta
+        )
+        self.epoch_fn = jax.jit(self.epoch)
+
+    def _adam(self, lr: float, steps: int) -> optax.GradientTransformation:
+        schedule = optax.linear_schedule(lr, self.config.final_lr, max(steps, 1))
+        return optax.chain(
+            optax.clip_by_global_norm(self.config.grad_norm_clip),
+            optax.adam(schedule, b1=self.config.adam_b1, b2=self.config.adam_b2),
+        )
+
+    def init(self, key: jax.Array) -> TrainState:
+        cfg = self.config
+        k_actor, k_critic, k_env, key = jax.random.split(key, 4)
+        dummy = jnp.zeros((1, self.spec.observation_size))
+        actor_params = self.actor.init(k_actor, dummy)
+        critic_params = self.critic.init(k_critic, dummy)
+        env_state = jax.jit(jax.vmap(self.task.reset))(jax.random.split(k_env, cfg.num_envs))
+        zeros = jnp.zeros(cfg.num_envs)
+        return TrainState(
+            actor_params,
+            critic_params,
+            critic_params,
+            self.actor_opt.init(actor_params),
+            self.critic_opt.init(critic_params),
+            networks.init_normalizer(self.spec.observation_size),
+            env_state,
+            jnp.zeros(cfg.num_envs, jnp.int32),
+            zeros,
+            jnp.zeros(RETURN_WINDOW),
+            jnp.int32(0),
+            key,
+            jnp.int32(0),
+            jnp.int32(0),
+            jnp.int32(0),
+        )
+
+    def policy_params(self, state: TrainState) -> tuple[Any, Any]:
+        """What ``make_policy`` takes: (normaliser statistics, actor params)."""
+        return state.normalizer, state.actor_params
+
+    # ---- the actor loss over one short-horizon window -------------------------------------------
+    def rollout_loss(self, actor_params, state: TrainState, reset_states, rng: jax.Array):
+        """Short-horizon actor loss and the rollout data the critic needs.
+
+        Depends only on its arguments: calling it twice with the same ``state`` (start env states,
+        normaliser, target critic), ``reset_states`` and ``rng`` replays the same noise and resets.
+        """
+        cfg, task = self.config, self.task
+        norm = state.normalizer if cfg.normalize_observations else None
+        start = jax.lax.stop_gradient(state.env_state)
+        n = cfg.num_envs
+
+        def obs_norm(obs):
+            return obs if norm is None else networks.normalize(obs, norm)
+
+        def step(carry, inputs):
+            env_state, ep_step, disc, rew_acc, loss = carry  # (n,) each except env_state
+            rng_t, last = inputs
+            rng_pol, rng_noise = jax.random.split(rng_t)
+            obs = env_state.obs  # (n, obs)
+            action = networks.gaussian_action(self.actor, actor_params, obs_norm(obs), rng_pol, False)
+            nxt = jax.vmap(task.step)(env_state, action, jax.random.split(rng_noise, n))
+            finite = jnp.all(jnp.isfinite(nxt.obs), axis=-1) & jnp.isfinite(nxt.reward)  # (n,)
+            reward = jnp.where(finite, nxt.reward, 0.0)  # (n,) raw
+            ep_step = ep_step + 1
+            terminated = (nxt.done > 0.5) | ~finite
+            done = terminated | (ep_step >= cfg.episode_length)
+            next_obs = jnp.where(finite[:, None], nxt.obs, 0.0)  # (n, obs) before any reset
+            value = self.critic.apply(state.target_critic_params, obs_norm(next_obs))  # (n,)
+            value = jnp.where(terminated, 0.0, value)
+            rew_acc = rew_acc + disc * reward * cfg.reward_scale
+            cut = done | last  # windows end here: add the bootstrapped return to the loss
+            loss = loss - jnp.sum(jnp.where(cut, rew_acc + cfg.gamma * disc * value, 0.0))
+            disc = jnp.where(done, 1.0, disc * cfg.gamma)
+            rew_acc = jnp.where(done, 0.0, rew_acc)
+            new_env = jax.tree.map(
+                lambda r, x: jnp.where(done.reshape((n,) + (1,) * (x.ndim - 1)), r, x), reset_states, nxt
+            )
+            out = {
+                "obs": jax.lax.stop_gradient(obs),  # (n, obs) raw, for the normaliser and critic
+                "reward": jax.lax.stop_gradient(reward * cfg.reward_scale),  # (n,)
+                "raw_reward": jax.lax.stop_gradient(reward),  # (n,)
+                "done": cut.astype(jnp.float32),  # (n,) 1 where the critic target must bootstrap
+                "ep_done": done,  # (n,) episode finished (terminated or truncated)
+                "next_value": jax.lax.stop_gradient(value),  # (n,)
+            }
+            return (new_env, jnp.where(done, 0, ep_step), disc, rew_acc, loss), out
+
+        lasts = jnp.arange(cfg.horizon) == cfg.horizon - 1
+        init = (start, state.episode_step, jnp.ones(n), jnp.zeros(n), jnp.zeros(()))
+        (env_state, ep_step, _, _, loss), traj = jax.lax.scan(step, init, (jax.random.split(rng, cfg.horizon), lasts))
+        loss = loss / (cfg.horizon * n)
+        return loss, (traj, jax.lax.stop_gradient(env_state), ep_step)
+
+    # ---- critic targets and updates -------------------------------------------------------------
+    def td_lambda_targets(self, traj) -> jax.Array:
+        """(horizon, n) TD(lambda) targets; a window end or finished episode bootstraps from next_value."""
+        g, lam = self.config.gamma, self.config.td_lambda
+
+        def back(next_return, inputs):
+            reward, done, next_value = inputs  # (n,) each
+            blended = (1.0 - lam) * next_value + lam * next_return
+            target = reward + g * jnp.where(done > 0.5, next_value, blended)
+            return target, target
+
+        _, targets = jax.lax.scan(
+            back, traj["next_value"][-1], (traj["reward"], traj["done"], traj["next_value"]), reverse=True
+        )
+        return targets
+
+    def critic_updates(self, state: TrainState, obs, targets, rng):
+        """``critic_iterations`` shuffled passes of ``critic_minibatches`` Adam steps; obs: (B, obs)."""
+        cfg = self.config
+        batch = obs.shape[0] // cfg.critic_minibatches
+
+        def loss_fn(params, x, y):
+            return jnp.mean((self.critic.apply(params, x) - y) ** 2)
+
+        def minibatch(carry, idx):
+            params, opt_state, skipped = carry
+            x, y = obs[idx], targets[idx]  # (batch, obs), (batch,)
+            loss, grad = jax.value_and_grad(loss_fn)(params, x, y)
+            extra = {"grad_fn": lambda p: jax.grad(loss_fn)(p, x, y)} if cfg.critic_sharpness and cfg.sharpness else {}
+            updates, new_opt = self.critic_opt.update(grad, opt_state, params, **extra)
+            ok = jnp.isfinite(loss) & _tree_finite(updates)
+            params = _select(ok, optax.apply_updates(params, updates), params)
+            return (params, _select(ok, new_opt, opt_state), skipped + (~ok).astype(jnp.int32)), loss
+
+        perms = jax.vmap(lambda k: jax.random.permutation(k, obs.shape[0]))(
+            jax.random.split(rng, cfg.critic_iterations)
+        )
+        idx = perms[:, : batch * cfg.critic_minibatches].reshape(-1, batch)  # (iters * minibatches, batch)
+        init = (state.critic_params, state.critic_opt_state, state.skipped_critic)
+        (params, opt_state, skipped), losses = jax.lax.scan(minibatch, init, idx)
+        return params, opt_state, skipped, losses[-cfg.critic_minibatches :].mean()
+
+    # ---- one epoch ------------------------------------------------------------------------------
+    def epoch(self, state: TrainState) -> tuple[TrainState, dict[str, jax.Array]]:
+        cfg = self.config
+        key, k_reset, k_roll, k_critic = jax.random.split(state.key, 4)
+        reset_states = jax.vmap(self.task.reset)(jax.random.split(k_reset, cfg.num_envs))
+
+        def loss_only(p):
+            return self.rollout_loss(p, state, reset_states, k_roll)[0]
+
+        (loss, (traj, env_state, ep_step)), grad = jax.value_and_grad(self.rollout_loss, has_aux=True)(
+            state.actor_params, state, reset_states, k_roll
+        )
+        extra = {"grad_fn": jax.grad(loss_only)} if cfg.sharpness else {}
+        updates, actor_opt = self.actor_opt.update(grad, state.actor_opt_state, state.actor_params, **extra)
+        ok = jnp.isfinite(loss) & _tree_finite(grad) & _tree_finite(updates)
+        actor_params = _select(ok, optax.apply_updates(state.actor_params, updates), state.actor_params)
+        actor_opt = _select(ok, actor_opt, state.actor_opt_state)
+
+        obs = traj["obs"].reshape(-1, traj["obs"].shape[-1])  # (horizon * n, obs)
+        normalizer = (
+            networks.update_normalizer(state.normalizer, obs) if cfg.normalize_observations else state.normalizer
+        )
+        critic_obs = networks.normalize(obs, state.normalizer) if cfg.normalize_observations else obs
+        targets = self.td_lambda_targets(traj).reshape(-1)  # (horizon * n,)
+        critic_params, critic_opt, skipped_critic, critic_loss = self.critic_updates(
+            state, critic_obs, targets, k_critic
+        )
+        target = optax.incremental_update(critic_params, state.target_critic_params, 1.0 - cfg.target_critic_alpha)
+
+        ret, finished, count = _finished_returns(state, traj)
+        new = state.replace(
+            actor_params=actor_params,
+            critic_params=critic_params,
+            target_critic_params=target,
+            actor_opt_state=actor_opt,
+            critic_opt_state=critic_opt,
+            normalizer=normalizer,
+            env_state=env_state,
+            episode_step=ep_step,
+            episode_return=ret,
+            finished_returns=finished,
+            finished_count=count,
+            key=key,
+            epoch=state.epoch + 1,
+            skipped_actor=state.skipped_actor + (~ok).astype(jnp.int32),
+            skipped_critic=skipped_critic,
+        )
+        metrics = {"actor_loss": loss, "critic_loss": critic_loss, "grad_norm": optax.tree.norm(grad), "update_ok": ok}
+        return new, metrics
+
+
+def _tree_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def _select(ok: jax.Array, new, old):
+    return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+
+
+def _finished_returns(state: TrainState, traj):
+    """Roll raw rewards into per-env episode returns; push finished ones into the ring buffer."""
+
+    def body(carry, inputs):
+        ret, buf, count = carry
+        reward, done = inputs  # (n,) each
+        ret = ret + reward
+        slots = (count + jnp.cumsum(done) - 1) % RETURN_WINDOW  # (n,) write positions
+        buf = buf.at[jnp.where(done, slots, RETURN_WINDOW)].set(ret, mode="drop")
+        return (jnp.where(done, 0.0, ret), buf, count + jnp.sum(done).astype(jnp.int32)), None
+
+    init = (state.episode_return, state.finished_returns, state.finished_count)
+    (ret, buf, count), _ = jax.lax.scan(body, init, (traj["raw_reward"], traj["ep_done"]))
+    return ret, buf, count
+
+
+def mean_training_return(state: TrainState) -> float:
+    """Mean raw return of the last (up to RETURN_WINDOW) finished training episodes; nan if none."""
+    count = int(state.finished_count)
+    if count == 0:
+        return float("nan")
+    return float(jnp.mean(state.finished_returns[: min(count, RETURN_WINDOW)]))
+
+
+ProgressFn = Callable[[dict[str, Any]], None]
+
+
+def train(
+    config: SHACConfig,
+    task: Task,
+    progress_fn: ProgressFn | None = None,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+) -> tuple[networks.MakePolicy, Any, list[dict[str, Any]]]:
+    """Train SHAC / SHAC-SAM / SHAC-ASAM; returns ``(make_policy, policy_params, metrics rows)``.
+
+    With ``run_dir``, metrics go to ``metrics.csv`` and checkpoints (policy + full training state) are
+    written every ``checkpoint_every_epochs`` epochs and at the end; ``resume=True`` continues from
+    the last checkpoint there (the metrics rows after it are dropped and recomputed).
+    """
+    learner = Learner(config, task)
+    state = learner.init(jax.random.PRNGKey(config.seed))
+    rows: list[dict[str, Any]] = []
+    wall_offset_s = 0.0
+    meta_base = {
+        "algo": config.algo,
+        "env": task.name,
+        "backend": task.backend,
+        "episode_length": task.episode_length,
+        "train_perturbation": dataclasses.asdict(task.perturbation),
+        "config": _config_json(config),
+    }
+    if run_dir is not None and resume and checkpoint.has_checkpoint(run_dir):
+        state, meta = checkpoint.load_train_state(run_dir, state)
+        for key in ("algo", "env", "backend", "config"):
+            if meta.get(key) != meta_base[key]:
+                raise SharprlError(
+                    f"{run_dir}: cannot resume: checkpoint {key} {meta.get(key)!r} != {meta_base[key]!r}"
+                )
+        checkpoint.truncate_metrics(run_dir, int(meta["metrics_rows"]))
+        rows = checkpoint.read_metrics(run_dir)
+        wall_offset_s = float(meta["wall_s"])
+    elif run_dir is not None and checkpoint.has_checkpoint(run_dir):
+        raise SharprlError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another --out")
+    elif run_dir is not None:
+        checkpoint.truncate_metrics(run_dir, 0)
+        (Path(run_dir) / checkpoint.METRICS_FILE).unlink(missing_ok=True)
+    start_s = time.perf_counter()
+    last_s, last_steps = start_s, int(state.epoch) * config.env_steps_per_epoch
+    while int(state.epoch) < config.epochs:
+        state, m = learner.epoch_fn(state)
+        epoch = int(state.epoch)
+        now_s = time.perf_counter()
+        env_steps = epoch * config.env_steps_per_epoch
+        row: dict[str, Any] = {
+            "epoch": epoch,
+            "env_steps": env_steps,
+            "wall_s": round(wall_offset_s + now_s - start_s, 3),
+            "train_return": mean_training_return(state),
+            "eval_return": "",
+            "eval_return_std": "",
+            "actor_loss": float(m["actor_loss"]),
+            "critic_loss": float(m["critic_loss"]),
+            "grad_norm": float(m["grad_norm"]),
+            "skipped_actor": int(state.skipped_actor),
+            "skipped_critic": int(state.skipped_critic),
+            "steps_per_s": round((env_steps - last_steps) / max(now_s - last_s, 1e-9), 1),
+        }
+        last_s, last_steps = now_s, env_steps
+        if epoch == config.epochs or (config.eval_every_epochs and epoch % config.eval_every_epochs == 0):
+            res = evaluate(
+                learner.make_policy,
+                learner.policy_params(state),
+                task,
+                episodes=config.eval_episodes,
+                seed=config.seed + 1,
+            )
+            row["eval_return"], row["eval_return_std"] = res.mean_return, res.std_return
+        rows.append(row)
+        if run_dir is not None:
+            checkpoint.append_metrics(run_dir, row)
+            if epoch % config.checkpoint_every_epochs == 0 or epoch == config.epochs:
+                meta = {
+                    **meta_base,
+                    "epoch": epoch,
+                    "env_steps": env_steps,
+                    "metrics_rows": len(rows),
+                    "wall_s": row["wall_s"],
+                }
+                checkpoint.save(
+                    run_dir, spec=learner.spec, policy_params=learner.policy_params(state), meta=meta, train_state=state
+                )
+        if progress_fn is not None:
+            progress_fn(row)
+    return learner.make_policy, learner.policy_params(state), rows
+
+
+def _config_json(config: SHACConfig) -> dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(config)))
