@@ -45,8 +45,12 @@ def generate(
         decoder = LlamaInt8.from_fp32(cfg, weights, scheme or None)
     else:
         decoder = LlamaFP32(cfg, weights, cache_len=steps)
-    out = run_generate(decoder, steps, temperature, seed)
-    if tokens:
+    _print_tokens(cfg, run_generate(decoder, steps, temperature, seed), tokens)
+
+
+def _print_tokens(cfg, out: list[int], as_json: bool) -> None:
+    """A JSON list of ids (--tokens), text for llama2.c's 32000-token vocabulary, ids otherwise."""
+    if as_json:
         print(json.dumps(out))
     elif cfg.vocab_size == 32000:  # llama2.c's Llama 2 vocabulary: decode to text
         from mcushard.data import shared_file
@@ -150,6 +154,28 @@ def reproduce(
     from mcushard.explore import reproduce_cmd
 
     reproduce_cmd(hardware, as_json)
+
+
+@app.command()
+def run(
+    model: str = typer.Argument(..., help="preset name, llama2.c .bin, or HF directory"),
+    chips: int = typer.Option(1, min=1, help="chip processes"),
+    strategy: str = typer.Option("tp", help="tp | pp | hybrid"),
+    algorithm: str = typer.Option("hierarchical", help="all-reduce: ring | tree | hierarchical"),
+    steps: int = typer.Option(16, min=1, help="tokens to generate (decoders) or sequence length (encoders)"),
+    tokens: bool = typer.Option(False, "--tokens", help="print only a JSON list of token ids"),
+    scheme: str = typer.Option("", help="quantisation scheme (see quant-error); default w8a12-gptq"),
+    seed: int = typer.Option(0, help="random-weight seed for presets"),
+    hardware: str = typer.Option("siracusa", help="hardware preset or YAML (all-reduce group size, cost model)"),
+    timeout: float = typer.Option(120.0, min=1.0, help="seconds a chip may take to answer"),
+) -> None:
+    """Run the int8 model split across one OS process per chip; summary (tokens/s, bytes) on stderr."""
+    from mcushard.runtime.run import run_model
+
+    cfg, out, summary = run_model(model, chips, strategy, algorithm, steps, scheme, seed, hardware, timeout)
+    if out is not None:
+        _print_tokens(cfg, out, tokens)
+    print(summary, file=sys.stderr)
 
 
 def main() -> None:

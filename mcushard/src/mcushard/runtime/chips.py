@@ -53,11 +53,17 @@ class Links:
         return _unpack(self._ends[peer].recv_bytes())
 
 
-def all_reduce(links: Links, rounds: list[Round], vector: np.ndarray) -> np.ndarray:
+INLINE_SEND_BYTES = 16384  # a round's payload below this fits a pipe's buffer: sent inline, no thread
+
+
+def all_reduce(links: Links, rounds: list[Round], vector: np.ndarray,
+               combine: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """Carry out this chip's part of an all-reduce schedule on `vector` [n, ...] (integer sums: exact).
 
-    Within a round the sends go out on a thread while the receives are taken, so two chips that
-    send to each other at once cannot block on full pipes.
+    `combine(mine, received)` replaces the addition of "reduce" transfers (e.g. np.maximum for an
+    argmax over packed (value, index) keys). Within a round the sends go out on a thread while the
+    receives are taken, so two chips that send to each other at once cannot block on full pipes;
+    a round whose payload fits in a pipe buffer (`INLINE_SEND_BYTES`) is sent inline instead.
     """
     out = np.array(vector, copy=True)
     me = links.chip
@@ -65,15 +71,23 @@ def all_reduce(links: Links, rounds: list[Round], vector: np.ndarray) -> np.ndar
         sends = [t for t in rnd if t.src == me]
         recvs = [t for t in rnd if t.dst == me]
         payloads = [(t.dst, out[t.start:t.stop].copy()) for t in sends]
-        sender = threading.Thread(target=lambda: [links.send(d, a) for d, a in payloads])
-        sender.start()
+        sender = None
+        if sum(a.nbytes for _, a in payloads) <= INLINE_SEND_BYTES:
+            for d, a in payloads:
+                links.send(d, a)
+        else:
+            sender = threading.Thread(target=lambda: [links.send(d, a) for d, a in payloads])
+            sender.start()
         for t in recvs:
             part = links.recv(t.src)
-            if t.op == "reduce":
+            if t.op != "reduce":
+                out[t.start:t.stop] = part
+            elif combine is None:
                 out[t.start:t.stop] += part
             else:
-                out[t.start:t.stop] = part
-        sender.join()
+                out[t.start:t.stop] = combine(out[t.start:t.stop], part)
+        if sender is not None:
+            sender.join()
     return out
 
 
@@ -84,9 +98,12 @@ def _header(array: np.ndarray) -> bytes:
 
 def _unpack(buf: bytes) -> np.ndarray:
     n = int.from_bytes(buf[:2], "little")
-    dtype, shape = buf[2:2 + n].decode().split("|")
+    dtype, shape = buf[2:2 + n].decode().rsplit("|", 1)  # a dtype string may hold "|" ("|i1")
     dims = tuple(int(d) for d in shape.split(",") if d)
     return np.frombuffer(buf[2 + n:], dtype=np.dtype(dtype)).reshape(dims)
+
+
+_LINK_ERRORS = ("EOFError", "ConnectionResetError", "BrokenPipeError")  # what a chip sees when a peer dies
 
 
 class Handler(Protocol):
@@ -189,8 +206,15 @@ class ChipCluster:
                     self.close()
                     raise McushardError(f"chip {chip} died (exit code {code}); all chips stopped")
                 if kind == "error":
-                    self.close()
                     last = payload.strip().splitlines()[-1]
+                    if last.split(":")[0] in _LINK_ERRORS:  # a peer's death seen on a link: name the dead peer
+                        wait([p.sentinel for p in self._procs], timeout=1.0)
+                        dead = [(i, p.exitcode) for i, p in enumerate(self._procs)
+                                if p.exitcode not in (None, 1) and i != chip]
+                        if dead:
+                            self.close()
+                            raise McushardError(f"chip {dead[0][0]} died (exit code {dead[0][1]}); all chips stopped")
+                    self.close()
                     raise McushardError(f"chip {chip} failed: {last}")
                 if kind != expect:
                     self.close()

@@ -1,0 +1,152 @@
+"""Run a Plan for real: one operating-system process per chip, each holding only its own slices.
+
+`DistributedLlama(plan, ref)` cuts the single-chip integer model `ref` (`LlamaInt8`) into per-chip
+shards (`llama_shard`), starts a `ChipCluster` wired with exactly the links the plan's collectives
+and sends use, and decodes: the host hands every chip the current token and position (the host is
+the I/O: it feeds tokens in and reads logits out), the chips walk their programs, exchanging
+integer partial sums by message passing with the plan's all-reduce algorithm, and finish with an
+argmax all-reduce. The host gathers the logits slices to return the whole vector, checks that the
+chips' argmax agrees with it, and records the bytes each chip sent on each link per token.
+Integer partial sums make the result bit-identical to `LlamaInt8`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mcushard.errors import McushardError
+from mcushard.partition.collectives import edges, schedule
+from mcushard.partition.plan import AllReduce, Plan, Send
+from mcushard.runtime.chips import ChipCluster
+from mcushard.runtime.llama_chip import make_llama_chip
+from mcushard.runtime.llama_shard import llama_shards
+
+Link = tuple[int, int]  # (sending chip, receiving chip)
+
+
+def plan_links(plan: Plan, group_size: int) -> set[Link]:
+    """Undirected links the plan's collectives (any vector length) and sends use."""
+    out: set[Link] = set()
+    for step in plan.steps:
+        if isinstance(step, AllReduce):
+            n = max(step.elements, 1) + len(step.group) ** 2  # long enough that every chunk is non-empty
+            out |= edges(schedule(step.algorithm, step.group, n, group_size))
+        elif isinstance(step, Send):
+            out.add((min(step.src, step.dst), max(step.src, step.dst)))
+    return out
+
+
+@dataclass
+class RunStats:
+    """What the chips reported while decoding."""
+
+    link_bytes: list[dict[Link, int]] = field(default_factory=list)  # per step: (src, dst) -> bytes sent
+    seconds: float = 0.0  # wall time inside `step`
+
+    def mean_link_bytes(self) -> dict[Link, float]:
+        total: dict[Link, int] = {}
+        for per in self.link_bytes:
+            for k, v in per.items():
+                total[k] = total.get(k, 0) + v
+        return {k: v / max(len(self.link_bytes), 1) for k, v in sorted(total.items())}
+
+
+class DistributedLlama:
+    """A Decoder (`step(token, pos) -> logits`) backed by one process per chip; a context manager."""
+
+    def __init__(self, plan: Plan, ref, group_size: int, timeout_s: float = 60.0) -> None:
+        self.plan, self.cfg = plan, ref.cfg
+        shards = llama_shards(plan, ref, group_size)
+        self.stats = RunStats()
+        self.cluster = ChipCluster(plan.n_chips, plan_links(plan, group_size), make_llama_chip, shards,
+                                   timeout_s=timeout_s)
+
+    def step(self, token: int, pos: int) -> np.ndarray:
+        """float32 logits [vocab] of position `pos` fed `token` (the chips' slices, concatenated)."""
+        if not 0 <= pos < self.cfg.max_seq_len:
+            raise McushardError(f"position {pos} outside the model's {self.cfg.max_seq_len}")
+        t0 = time.perf_counter()
+        replies = self.cluster.request(("step", int(token), int(pos)))
+        self.stats.seconds += time.perf_counter() - t0
+        logits = np.empty(self.cfg.vocab_size, np.float32)  # [vocab]
+        covered = 0
+        for r in replies:
+            if r["logits"] is not None:
+                start, part = r["logits"]
+                logits[start:start + len(part)] = part
+                covered += len(part)
+        if covered != self.cfg.vocab_size:
+            raise McushardError(f"chips returned {covered} of {self.cfg.vocab_size} logits")
+        chosen = {r["token"] for r in replies if r["token"] is not None}
+        if chosen != {int(np.argmax(logits))}:
+            raise McushardError(f"argmax all-reduce gave {sorted(chosen)}, the logits {int(np.argmax(logits))}")
+        self.stats.link_bytes.append({(c, peer): b for c, r in enumerate(replies) for peer, b in r["sent"].items()})
+        return logits
+
+    def held(self) -> list[dict[str, int]]:
+        """Per chip: bytes it stores, counted by the chip process itself (see `ChipProgram.held`)."""
+        return self.cluster.request(("held",))
+
+    def close(self) -> None:
+        self.cluster.close()
+
+    def __enter__(self) -> DistributedLlama:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """Outcome of `run_plan`: tokens, speed, and what the chips counted."""
+
+    tokens: list[int]  # generated token ids (the start token excluded)
+    tokens_per_s: float  # decode steps per second of wall time in the chip cluster
+    held: list[dict[str, int]]  # per chip: ChipProgram.held() counts
+    link_bytes: dict[Link, float]  # (src, dst) -> mean payload bytes per token
+    per_step_link_bytes: list[dict[Link, int]]  # per decode step: (src, dst) -> bytes
+    cost_model_match: bool  # per step and link, the bytes equal what the cost model charges
+
+
+def cost_model_link_bytes(plan: Plan, hw, pos: int) -> dict[Link, int]:
+    """Bytes per directed link the cost model charges for decoding position `pos` (pos + 1 keys)."""
+    from mcushard.cost.simulate import simulate
+    from mcushard.placement import workload
+
+    report = simulate(plan, hw, workload(plan.model, "decode", kv_len=pos + 1))
+    return {k: v for k, v in report.link_bytes_per_pair.items() if v}
+
+
+def run_plan(plan: Plan, ref, hw, steps: int, temperature: float = 0.0, seed: int = 0,
+             timeout_s: float = 60.0) -> RunReport:
+    """Generate `steps` tokens from BOS with one process per chip of `plan`; compare with the cost model."""
+    from mcushard.runtime.generate import generate
+
+    steps = min(steps, plan.model.max_seq_len)
+    with DistributedLlama(plan, ref, hw.group_size, timeout_s) as dist:
+        out = generate(dist, steps, temperature, seed)
+        held = dist.held()
+        stats = dist.stats
+    match = all(per == cost_model_link_bytes(plan, hw, pos) for pos, per in enumerate(stats.link_bytes))
+    return RunReport(out, steps / max(stats.seconds, 1e-9), held, stats.mean_link_bytes(), stats.link_bytes, match)
+
+
+def format_summary(plan: Plan, report: RunReport) -> str:
+    """Human-readable summary (for stderr): speed, bytes held per chip, bytes per link per token."""
+    lines = [f"{plan.model.name}: {plan.n_chips} chip processes, strategy {plan.strategy}, "
+             f"{len(report.tokens)} tokens at {report.tokens_per_s:.1f} tokens/s",
+             "bytes held per chip (int8 weights + int16 norm gains; float requantisation constants):"]
+    for c, h in enumerate(report.held):
+        lines.append(f"  chip {c}: {h['int8_bytes'] + h['int16_bytes']:>10,} weight bytes "
+                     f"({h['weight_elements']:,} weight elements, the plan's {plan.bytes_held(c):,}); "
+                     f"{h['const_bytes']:,} constant bytes")
+    lines.append("bytes per link per token (mean over the run):" if report.link_bytes else "no links used")
+    for (s, d), b in report.link_bytes.items():
+        lines.append(f"  {s} -> {d}: {b:,.1f}")
+    lines.append("link bytes equal the cost model's, every token and link: "
+                 + ("yes" if report.cost_model_match else "NO"))
+    return "\n".join(lines)

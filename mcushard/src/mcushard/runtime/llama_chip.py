@@ -1,0 +1,182 @@
+"""One chip's integer Llama decode: it walks `plan.chip_steps(chip)` with the int8 building blocks.
+
+Each step of the plan maps to the same `mcushard.runtime.int8` function the single-chip `LlamaInt8`
+runs, applied to the chip's slices: RMSNorm on the replicated residual (so its dynamic per-vector
+scale is the same on every chip), q/k/v of the chip's heads, attention of those heads (or, when a
+KV head is split across chips, its head-dim slice, with the partial q.k scores all-reduced before
+the softmax), the wo and w2 row-split products as int64 partial sums all-reduced as integers, then
+`residual_add` requantising the sum identically on every chip. The head computes the chip's
+vocabulary slice of the logits and all-reduces packed (value, index) argmax keys.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from mcushard.partition.plan import AllReduce, Compute, Send
+from mcushard.runtime.chip_program import ChipProgram, pack_argmax, unpack_argmax
+from mcushard.runtime.chips import Links
+from mcushard.runtime.int8 import (
+    EXP_FRAC,
+    ROPE_FRAC,
+    attention_heads,
+    requantize,
+    residual_add,
+    rmsnorm_int,
+    rope_int,
+    softmax_int,
+    swiglu_columns,
+)
+from mcushard.runtime.kernels import ExactLinear, exact_matmul_f64
+from mcushard.runtime.llama_shard import LlamaShard
+from mcushard.runtime.reference import rope_tables
+
+
+class LlamaChip(ChipProgram):
+    """Handler of one chip process; `handle(("step", token, pos))` runs one decode step."""
+
+    def __init__(self, chip: int, links: Links, shard: LlamaShard) -> None:
+        super().__init__(links, shard.group_size, shard)
+        self.s, cfg, sch = shard, shard.cfg, shard.scheme
+        cos, sin = rope_tables(cfg)  # [seq, hd/2]
+        self.cos_q = np.rint(cos * (1 << ROPE_FRAC)).astype(np.int64)
+        self.sin_q = np.rint(sin * (1 << ROPE_FRAC)).astype(np.int64)
+        self.lin: dict[tuple[int, str], ExactLinear] = {}
+        self.k_cache: dict[int, np.ndarray] = {}
+        self.v_cache: dict[int, np.ndarray] = {}
+        for layer, ls in shard.layers.items():
+            self.lin[layer, "qkv"] = ExactLinear(ls.qkv_w, sch.norm_bits)
+            self.lin[layer, "wo"] = ExactLinear(ls.wo_w, sch.att_bits)
+            self.lin[layer, "w13"] = ExactLinear(ls.w13_w, sch.norm_bits)
+            self.lin[layer, "w2"] = ExactLinear(ls.w2_w, sch.ffn_bits)
+            dlen = ls.pieces[0][2] - ls.pieces[0][1]
+            shape = (len(ls.pieces), cfg.max_seq_len, dlen)
+            self.k_cache[layer] = np.zeros(shape)  # [pieces, seq, dlen] integers in float64 for BLAS
+            self.v_cache[layer] = np.zeros(shape)
+        cls_w = shard.cls_w if shard.cls_w is not None else shard.emb_w
+        self.cls = ExactLinear(cls_w, sch.cls_bits) if shard.cls_ratio is not None else None
+        self.handlers = {
+            "attention_norm": self._attention_norm, "attn.qkv+rope": self._qkv, "attn.softmax+av": self._attend,
+            "attn.wo": self._wo, "residual+ffn_norm": self._ffn_norm, "ffn.w1w3+swiglu": self._ffn_up,
+            "ffn.w2": self._ffn_down, "residual": self._residual, "norm": self._final_norm,
+            "classifier": self._classifier, "argmax": self._argmax, "lookup": self._lookup,
+        }
+
+    # ---------------------------------------------------------------- one decode step
+
+    def handle(self, request):
+        if request[0] == "held":
+            return self.held()
+        kind, token, pos = request
+        if kind != "step":
+            raise ValueError(f"unknown request {kind!r}")
+        self.token, self.pos = token, pos
+        self.x = self.row = self.psum = self.scores = self.logits = self.key = None
+        for step in self.s.steps:
+            if isinstance(step, Compute):
+                self.layer = int(step.block.split(".")[1]) if step.block.startswith("layers.") else -1
+                self.handlers[step.label]()
+            elif isinstance(step, AllReduce):
+                self._reduce(step)
+            elif isinstance(step, Send):
+                self._send(step)
+        token_out = None if self.key is None else unpack_argmax(self.key, self.s.cfg.vocab_size)
+        logits = None if self.logits is None else (self.s.vocab_rows[0], self.logits)
+        return {"token": token_out, "logits": logits, "sent": self.take_bytes_sent()}
+
+    def _reduce(self, step: AllReduce) -> None:
+        if step.label == "lookup":
+            self.row = self.allreduce(step, self.row, exclusive=True)
+        elif step.label == "attn.scores":
+            self.scores = self.allreduce(step, self.scores.reshape(-1)).reshape(self.scores.shape)
+        elif step.label == "argmax":
+            self.key = self.allreduce(step, self.key)
+        else:  # attn.out, ffn.out: integer partial sums
+            self.psum = self.allreduce(step, self.psum)
+
+    def _send(self, step: Send) -> None:
+        mine = step.src == self.links.chip
+        if step.label == "embedding":
+            self.send(step, self.row) if mine else setattr(self, "row", self.recv(step))
+        else:  # residual stream between pipeline stages
+            self.send(step, self.x) if mine else setattr(self, "x", self.recv(step))
+
+    # ---------------------------------------------------------------- steps
+
+    def _lookup(self) -> None:
+        r0, r1 = self.s.vocab_rows
+        inside = r0 <= self.token < r1
+        self.row = self.s.emb_w[self.token - r0].astype(np.int64) if inside else np.zeros(self.s.cfg.dim, np.int64)
+
+    def _residual_in(self) -> np.ndarray:
+        if self.x is None:  # first block on this chip: the looked-up int8 row in residual units
+            self.x = np.rint(self.row * self.s.emb_ratio[self.token]).astype(np.int64)
+        return self.x
+
+    def _attention_norm(self) -> None:
+        ls = self.s.layers[self.layer]
+        self.y, self.s_y = rmsnorm_int(self._residual_in(), ls.attention_gain, self.s.eps_units,
+                                       self.s.scheme.norm_bits)
+
+    def _qkv(self) -> None:
+        ls, sch, cfg, pos = self.s.layers[self.layer], self.s.scheme, self.s.cfg, self.pos
+        n_rep, n_p = cfg.n_heads // cfg.n_kv_heads, len(ls.pieces)
+        d0, d1 = ls.pieces[0][1], ls.pieces[0][2]
+        qkv = requantize(self.lin[self.layer, "qkv"](self.y), ls.qkv_ratio * self.s_y, sch.qkv_bits)
+        nq = n_p * n_rep * (d1 - d0)
+        q = qkv[:nq].reshape(n_p * n_rep, d1 - d0)
+        k = qkv[nq: nq + n_p * (d1 - d0)].reshape(n_p, d1 - d0)
+        v = qkv[nq + n_p * (d1 - d0):].reshape(n_p, d1 - d0)
+        cos, sin = self.cos_q[pos, d0 // 2: d1 // 2], self.sin_q[pos, d0 // 2: d1 // 2]
+        self.q = rope_int(q, cos, sin, sch.qkv_bits).reshape(n_p, n_rep, d1 - d0)  # [pieces, n_rep, dlen]
+        self.k_cache[self.layer][:, pos] = rope_int(k, cos, sin, sch.qkv_bits)
+        self.v_cache[self.layer][:, pos] = v
+        if self.s.cfg.head_dim != d1 - d0:  # a split head: partial scores, all-reduced next
+            self.scores = exact_matmul_f64(self.q, np.swapaxes(self.k_cache[self.layer][:, : pos + 1], 1, 2))
+
+    def _attend(self) -> None:
+        ls, sch, t = self.s.layers[self.layer], self.s.scheme, self.pos + 1
+        kc, vc = self.k_cache[self.layer][:, :t], self.v_cache[self.layer][:, :t]
+        if self.scores is None:  # whole heads: exactly the single-chip function
+            self.att = attention_heads(self.q, kc, vc, ls.score_ratio, ls.att_ratio, sch.att_bits)
+        else:  # the same softmax and weighted sum on the all-reduced scores, with this chip's V slice
+            probs = softmax_int(self.scores, ls.score_ratio * math.log2(math.e) * (1 << EXP_FRAC))
+            self.att = requantize(exact_matmul_f64(probs, vc), ls.att_ratio, sch.att_bits)
+            self.scores = None
+
+    def _wo(self) -> None:
+        self.psum = self.lin[self.layer, "wo"](self.att.reshape(-1))  # [dim] int64 partial sums
+
+    def _ffn_norm(self) -> None:
+        ls = self.s.layers[self.layer]
+        self.x = residual_add(self.x, self.psum, ls.wo_ratio)
+        self.y, self.s_y = rmsnorm_int(self.x, ls.ffn_gain, self.s.eps_units, self.s.scheme.norm_bits)
+
+    def _ffn_up(self) -> None:
+        ls = self.s.layers[self.layer]
+        gate_up = self.lin[self.layer, "w13"](self.y)  # [2 h_c]
+        hc = ls.ffn_rows[1] - ls.ffn_rows[0]
+        self.h = swiglu_columns(gate_up[:hc], gate_up[hc:], ls.gate_ratio * self.s_y, ls.up_ratio * self.s_y,
+                                self.s.scheme.ffn_bits)
+
+    def _ffn_down(self) -> None:
+        self.psum = self.lin[self.layer, "w2"](self.h)  # [dim] int64 partial sums
+
+    def _residual(self) -> None:
+        self.x = residual_add(self.x, self.psum, self.s.layers[self.layer].w2_ratio)
+
+    def _final_norm(self) -> None:
+        self.y, self.s_y = rmsnorm_int(self._residual_in(), self.s.final_gain, self.s.eps_units,
+                                       self.s.scheme.cls_bits)
+
+    def _classifier(self) -> None:
+        self.logits = (self.cls(self.y) * (self.s.cls_ratio * self.s_y)).astype(np.float32)  # [rows]
+
+    def _argmax(self) -> None:
+        self.key = pack_argmax(self.logits, self.s.vocab_rows[0], self.s.cfg.vocab_size)
+
+
+def make_llama_chip(chip: int, links: Links, shard: LlamaShard) -> LlamaChip:
+    return LlamaChip(chip, links, shard)
