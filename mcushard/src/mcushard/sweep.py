@@ -18,6 +18,7 @@ from mcushard.cost.simulate import CostReport, simulate
 from mcushard.errors import McushardError
 from mcushard.hardware.spec import HardwareSpec, replace
 from mcushard.partition import make_plan
+from mcushard.partition.hybrid import default_tp_size
 from mcushard.placement import Workload
 
 STRATEGIES = ("tp", "pp", "hybrid")
@@ -65,6 +66,8 @@ def run_sweep(cfg, hw: HardwareSpec, wl: Workload, chips: list[int], link_gbps: 
     hw_variants = [(bw, l2, mr, variant(hw, bw, l2, mr)) for bw in link_gbps for l2 in l2_kib for mr in mram_kib]
     for n in chips:
         for strategy in STRATEGIES:
+            if strategy == "hybrid" and default_tp_size(n) in (1, n):
+                continue  # the same plan as pp (groups of one) or tp (one group)
             try:
                 plans[(n, strategy)] = make_plan(cfg, n, strategy, hw.allreduce, scope=scope)
             except McushardError:

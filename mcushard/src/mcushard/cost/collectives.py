@@ -1,8 +1,9 @@
 """Time of all-reduce schedules (`partition.collectives`) on a link topology.
 
 Time of a round: the largest hop latency of its messages, plus the busiest chip's bytes over the
-link bandwidth (send and receive overlap only on full-duplex links), plus the receivers' int32
-additions. Concurrent multi-hop messages do not contend for links (not modelled).
+link bandwidth (send and receive overlap only on full-duplex links), plus the busiest receiver's
+int32 additions; an all-reduce is the sum of its rounds. Concurrent multi-hop messages do not
+contend for links (not modelled).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import math
 from functools import lru_cache
 
 from mcushard.hardware.spec import ChipSpec, LinkSpec
-from mcushard.partition.collectives import Round, schedule
+from mcushard.partition.collectives import schedule
 
 
 def hops(topology: str, n_chips: int, a: int, b: int) -> int:
@@ -36,26 +37,10 @@ def _mesh_cols(n_chips: int) -> int:
     return cols if cols <= 2 * rows else math.ceil(math.sqrt(n_chips))
 
 
-@lru_cache(maxsize=65536)
-def round_time(rnd: Round, elem_bytes: int, link: tuple, add_ops_per_s: float, n_chips: int) -> float:
-    """`link` is `link_key(LinkSpec)`: (bandwidth, latency, topology, full_duplex)."""
-    bandwidth, latency, topology, full_duplex = link
-    sent: dict[int, int] = {}
-    recv: dict[int, int] = {}
-    reduced: dict[int, int] = {}
-    worst_latency = 0.0
-    for src, dst, start, stop, op in rnd:
-        n = stop - start
-        sent[src] = sent.get(src, 0) + n * elem_bytes
-        recv[dst] = recv.get(dst, 0) + n * elem_bytes
-        if op == "reduce":
-            reduced[dst] = reduced.get(dst, 0) + n
-        worst_latency = max(worst_latency, hops(topology, n_chips, src, dst) * latency)
-    busy = 0
-    for c in set(sent) | set(recv):
-        s, r = sent.get(c, 0), recv.get(c, 0)
-        busy = max(busy, max(s, r) if full_duplex else s + r)
-    return worst_latency + busy / bandwidth + max(reduced.values(), default=0) / add_ops_per_s
+@lru_cache(maxsize=512)
+def hop_table(topology: str, n_chips: int) -> tuple[tuple[int, ...], ...]:
+    """hops(topology, n_chips, a, b) for every pair, as table[a][b]."""
+    return tuple(tuple(hops(topology, n_chips, a, b) for b in range(n_chips)) for a in range(n_chips))
 
 
 def link_key(link: LinkSpec) -> tuple:
@@ -70,13 +55,33 @@ def add_rate(chip: ChipSpec) -> float:
 @lru_cache(maxsize=65536)
 def allreduce_cost(algorithm: str, group: tuple[int, ...], n: int, elem_bytes: int, link: tuple,
                    add_ops_per_s: float, n_chips: int, group_size: int) -> tuple[float, tuple, int]:
-    """(seconds, ((src, dst), bytes) per link direction, link-hop bytes) of one all-reduce."""
+    """(seconds, ((src, dst), bytes) per link direction, link-hop bytes) of one all-reduce.
+
+    `link` is `link_key(LinkSpec)`: (bandwidth, latency, topology, full_duplex)."""
+    bandwidth, latency, topology, full_duplex = link
+    table = hop_table(topology, n_chips)
     total = 0.0
     pairs: dict[tuple[int, int], int] = {}
     hop_bytes = 0
     for rnd in schedule(algorithm, group, n, group_size):
-        total += round_time(rnd, elem_bytes, link, add_ops_per_s, n_chips)
-        for src, dst, start, stop, _ in rnd:
-            pairs[(src, dst)] = pairs.get((src, dst), 0) + (stop - start) * elem_bytes
-            hop_bytes += (stop - start) * elem_bytes * hops(link[2], n_chips, src, dst)
+        sent: dict[int, int] = {}
+        recv: dict[int, int] = {}
+        reduced: dict[int, int] = {}
+        worst_hops = 0
+        for src, dst, start, stop, op in rnd:
+            k = stop - start
+            nbytes = k * elem_bytes
+            sent[src] = sent.get(src, 0) + nbytes
+            recv[dst] = recv.get(dst, 0) + nbytes
+            if op == "reduce":
+                reduced[dst] = reduced.get(dst, 0) + k
+            h = table[src][dst]
+            worst_hops = max(worst_hops, h)
+            pairs[(src, dst)] = pairs.get((src, dst), 0) + nbytes
+            hop_bytes += nbytes * h
+        if full_duplex:
+            busy = max(max(sent.values()), max(recv.values()))
+        else:
+            busy = max(sent.get(c, 0) + recv.get(c, 0) for c in sent.keys() | recv.keys())
+        total += worst_hops * latency + busy / bandwidth + max(reduced.values(), default=0) / add_ops_per_s
     return total, tuple(pairs.items()), hop_bytes

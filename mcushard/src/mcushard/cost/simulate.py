@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mcushard.cost.collectives import add_rate, allreduce_cost, hops, link_key
+from mcushard.cost.collectives import add_rate, allreduce_cost, hop_table, link_key
 from mcushard.cost.compute import compute_energy_j, compute_time_s
 from mcushard.cost.memory import transfer_energy_j, transfer_time_s
 from mcushard.hardware.spec import HardwareSpec
@@ -94,7 +94,8 @@ def _stages(plan: Plan) -> int:
 
 
 def _work_cost(kernel, w, homes, cp, chip, levels, plan: Plan, wl: Workload, tokens: int):
-    """(seconds, of which memory stall, MAC energy, ((level, bytes, energy), ...)) of one chip's work."""
+    """(seconds, of which memory stall, MAC energy, ((level, bytes, energy), ...), total energy) of one
+    chip's work."""
     per = wl.keys * tokens if kernel == "attention" else tokens
     macs, elems = w.macs * per, w.elements * per
     reads: dict[str, float] = {}
@@ -117,7 +118,8 @@ def _work_cost(kernel, w, homes, cp, chip, levels, plan: Plan, wl: Workload, tok
             t_serial += tt
         out.append((lv, int(nbytes), transfer_energy_j(level, chip.l1, nbytes)))
     t_stall = max(0.0, t_m - t_c) + t_serial
-    return t_c + t_stall + chip.kernel_overhead_s, t_stall, compute_energy_j(chip, macs, elems), tuple(out)
+    e_mac = compute_energy_j(chip, macs, elems)
+    return t_c + t_stall + chip.kernel_overhead_s, t_stall, e_mac, tuple(out), e_mac + sum(e for _, _, e in out)
 
 
 def simulate(plan: Plan, hw: HardwareSpec, wl: Workload, placement: Placement | None = None,
@@ -138,7 +140,10 @@ def simulate(plan: Plan, hw: HardwareSpec, wl: Workload, placement: Placement | 
     blocks: dict[str, list[float]] = {}
     events: list[tuple[int, str, str, float, float]] = []
     lk, adds = link_key(link), add_rate(chip)
-    memo: dict[tuple, tuple] = {}
+    table = hop_table(link.topology, n)
+    memo: dict[tuple, int] = {}  # work key -> index into costs
+    costs: list[tuple] = []  # (seconds, stall, MAC energy, ((level, bytes, energy), ...), total energy)
+    uses: list[dict[int, int]] = [{} for _ in range(n)]  # per chip: cost index -> times run
     micro = _stages(plan) if wl.mode == "prompt" else 1
     tokens = -(-wl.tokens // micro)
     for _ in range(micro):
@@ -150,29 +155,25 @@ def simulate(plan: Plan, hw: HardwareSpec, wl: Workload, placement: Placement | 
                 for w in step.work:
                     c, cp = w.chip, placement.chips[w.chip]
                     key = (step.kernel, w.macs, w.elements, w.weight_elements, w.tensors, id(cp))
-                    cost = memo.get(key)
-                    if cost is None:
+                    idx = memo.get(key)
+                    if idx is None:
                         if step.kernel == "matmul":
                             homes = tuple((cp.home[t], held[c][t]) for t in w.tensors)
                         elif attention:
                             homes = cp.kv_level
                         else:
                             homes = cp.home[w.tensors[0]] if w.tensors else None
-                        cost = memo[key] = _work_cost(step.kernel, w, homes, cp, chip, levels, plan, wl, tokens)
-                    t, t_stall, e_mac, reads = cost
+                        idx = memo[key] = len(costs)
+                        costs.append(_work_cost(step.kernel, w, homes, cp, chip, levels, plan, wl, tokens))
+                    t, t_stall, e_mac, reads, e_total = costs[idx]
                     if trace:
                         events.append((c, f"{step.block}/{step.label}", step.kernel, clock[c], t))
                     clock[c] += t
                     comp[c] += t - t_stall
                     stall[c] += t_stall
-                    e = e_mac
-                    for lv, nbytes, el in reads:
-                        e_level[lv] += el
-                        e += el
-                        level_bytes[c][lv] += nbytes
-                    e_compute += e_mac
-                    dyn[c] += e
-                    acc[1] += e
+                    use = uses[c]
+                    use[idx] = use.get(idx, 0) + 1
+                    acc[1] += e_total
             elif isinstance(step, AllReduce):
                 count = int(step.elements * tokens + step.elements_per_key * tokens * wl.keys)
                 t, msgs, hb = allreduce_cost(step.algorithm, step.group, count, step.elem_bytes, lk, adds, n,
@@ -187,12 +188,12 @@ def simulate(plan: Plan, hw: HardwareSpec, wl: Workload, placement: Placement | 
                 for (s, d), nb in msgs:
                     pairs[(s, d)] = pairs.get((s, d), 0) + nb
                     sent[s] += nb
-                    dyn[s] += nb * link.energy_pj_per_byte * 1e-12 * hops(link.topology, n, s, d)
+                    dyn[s] += nb * link.energy_pj_per_byte * 1e-12 * table[s][d]
                 hop_bytes += hb
                 acc[1] += hb * link.energy_pj_per_byte * 1e-12
             else:  # Send
                 nb = step.elements * tokens * step.elem_bytes
-                h = hops(link.topology, n, step.src, step.dst)
+                h = table[step.src][step.dst]
                 t_wire = nb / link.bandwidth_bytes_per_s
                 arrive = clock[step.src] + h * link.latency_s + t_wire
                 comm[step.src] += t_wire
@@ -208,6 +209,14 @@ def simulate(plan: Plan, hw: HardwareSpec, wl: Workload, placement: Placement | 
                 dyn[step.src] += nb * h * link.energy_pj_per_byte * 1e-12
                 acc[1] += nb * h * link.energy_pj_per_byte * 1e-12
             acc[0] += max(clock) - before
+    for c in range(n):
+        for idx, count in uses[c].items():
+            _, _, e_mac, reads, e_total = costs[idx]
+            e_compute += e_mac * count
+            dyn[c] += e_total * count
+            for lv, nbytes, el in reads:
+                e_level[lv] += el * count
+                level_bytes[c][lv] += nbytes * count
     latency = max(clock)
     for c in range(n):
         idle[c] += latency - clock[c]

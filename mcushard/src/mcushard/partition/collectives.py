@@ -37,6 +37,7 @@ class Transfer(NamedTuple):
 
 
 Round = tuple[Transfer, ...]
+_new = tuple.__new__  # builds a Transfer without NamedTuple's Python-level __new__ (schedules are long)
 ALGORITHMS = ("ring", "tree", "hierarchical")
 
 
@@ -58,8 +59,8 @@ def _ring(group: tuple[int, ...], base: int, n: int, phases=(True, False)) -> li
             for i in range(p):
                 off, size = chunks[(i - s) % p if reduce else (i + 1 - s) % p]
                 if size:
-                    msgs.append(Transfer(group[i], group[(i + 1) % p], base + off, base + off + size,
-                                         "reduce" if reduce else "copy"))
+                    msgs.append(_new(Transfer, (group[i], group[(i + 1) % p], base + off, base + off + size,
+                                                "reduce" if reduce else "copy")))
             rounds.append(tuple(msgs))
     return rounds
 

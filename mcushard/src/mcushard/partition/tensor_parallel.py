@@ -34,7 +34,7 @@ from mcushard.partition.plan import (
 )
 
 ONE = (0, 1)  # column range of a 1-D tensor
-_new_slice = tuple.__new__  # builds a Slice without NamedTuple's Python-level __new__ (plans hold thousands)
+_new_slice = tuple.__new__  # builds a Slice / Work without NamedTuple's Python-level __new__ (plans hold thousands)
 
 
 class Builder:
@@ -69,16 +69,20 @@ class Builder:
             shard.append(_new_slice(Slice, (tensor, rows, cols, replicated)))
 
     def replicate(self, chips, tensor: str, width: int) -> None:
+        piece = _new_slice(Slice, (tensor, (0, width), ONE, len(chips) > 1))
         for c in chips:
-            self.hold(c, tensor, (0, width), ONE, replicated=len(chips) > 1)
+            self.shards[c].append(piece)
 
     def compute(self, block: str, label: str, kernel: str, works: list[Work]) -> None:
-        works = [w for w in works if w.macs or w.elements or w.weight_elements]
+        works = tuple(w for w in works if w[2] or w[3] or w[4])  # some MACs, ops or reads
         if works:
-            self.steps.append(Compute(block, label, kernel, tuple(works)))
+            self.steps.append(Compute(block, label, kernel, works))
 
     def elementwise(self, block: str, label: str, chips, elements: int, tensors=()) -> None:
-        self.compute(block, label, "elementwise", [Work(c, tuple(tensors), elements=elements) for c in chips])
+        if elements:
+            tensors = tuple(tensors)
+            works = tuple(_new_slice(Work, (c, tensors, 0, elements, 0)) for c in chips)
+            self.steps.append(Compute(block, label, "elementwise", works))
 
     def allreduce(self, block, label, group, elements, elem_bytes=4, per_key=0, op="sum") -> None:
         if len(group) > 1:
@@ -149,54 +153,66 @@ def llama_head(b: Builder, cfg: LlamaConfig, chips) -> None:
     b.allreduce("head", "argmax", chips, 1, elem_bytes=8, op="argmax")
 
 
-def llama_layers(b: Builder, cfg: LlamaConfig, layers, chips) -> None:
+def _llama_layer_geometry(cfg: LlamaConfig, chips, layout, hidden_rows):
+    """Per chip: its slices of one layer as (tensor suffix, rows, cols) and its per-token sizes.
+
+    Identical for every layer, so it is computed once and stamped out per layer with the names."""
     hd, n_rep, dim = cfg.head_dim, cfg.n_heads // cfg.n_kv_heads, cfg.dim
-    layout = head_layout(cfg.n_kv_heads, hd, chips)
+    scratch = Builder(cfg, len(chips), "", "")
+    sizes = []
+    for i, (pieces, hrows) in enumerate(zip(layout, hidden_rows, strict=True)):
+        q_elems = kv_elems = 0
+        for g, d0, d1 in pieces:
+            for r in range(n_rep):
+                h = g * n_rep + r
+                scratch.hold(i, "wq", (h * hd + d0, h * hd + d1), (0, dim))
+                scratch.hold(i, "wo", (0, dim), (h * hd + d0, h * hd + d1))
+            scratch.hold(i, "wk", (g * hd + d0, g * hd + d1), (0, dim))
+            scratch.hold(i, "wv", (g * hd + d0, g * hd + d1), (0, dim))
+            q_elems += n_rep * (d1 - d0)
+            kv_elems += d1 - d0
+        scratch.hold(i, "w1", hrows, (0, dim))
+        scratch.hold(i, "w3", hrows, (0, dim))
+        scratch.hold(i, "w2", (0, dim), hrows)
+        sizes.append((q_elems, kv_elems, hrows[1] - hrows[0], len({g for g, _, _ in pieces}) * n_rep))
+    return scratch.shards, sizes
+
+
+def llama_layers(b: Builder, cfg: LlamaConfig, layers, chips) -> None:
+    n_rep, dim = cfg.n_heads // cfg.n_kv_heads, cfg.dim
+    layout = head_layout(cfg.n_kv_heads, cfg.head_dim, chips)
     groups = head_groups(layout, chips)
     if groups:
         b.notes.append(f"{len(chips)} chips > {cfg.n_kv_heads} KV heads: head_dim split within heads, "
                        "scores all-reduced per head group")
-    hidden_rows = split(cfg.hidden_dim, len(chips), "FFN rows")
+    geometry, sizes = _llama_layer_geometry(cfg, chips, layout, split(cfg.hidden_dim, len(chips), "FFN rows"))
+    for c, (q_elems, kv_elems, hid, _) in zip(chips, sizes, strict=True):
+        b.kv[c] += 2 * kv_elems * len(layers)
+        b.use_act(c, 3 * dim + q_elems + 2 * kv_elems + 2 * hid)
+    work = _new_slice  # tuple.__new__: Work tuples without NamedTuple's Python-level __new__
     for layer in layers:
         p, blk = f"layers.{layer}.", f"layers.{layer}"
-        qkv, attn, wo, ffn_up, ffn_down = [], [], [], [], []
-        for c, pieces, hrows in zip(chips, layout, hidden_rows):
-            q_elems = kv_elems = 0
-            for g, d0, d1 in pieces:
-                for r in range(n_rep):
-                    h = g * n_rep + r
-                    b.hold(c, p + "wq", (h * hd + d0, h * hd + d1), (0, dim))
-                    b.hold(c, p + "wo", (0, dim), (h * hd + d0, h * hd + d1))
-                b.hold(c, p + "wk", (g * hd + d0, g * hd + d1), (0, dim))
-                b.hold(c, p + "wv", (g * hd + d0, g * hd + d1), (0, dim))
-                q_elems += n_rep * (d1 - d0)
-                kv_elems += d1 - d0
-            b.hold(c, p + "w1", hrows, (0, dim))
-            b.hold(c, p + "w3", hrows, (0, dim))
-            b.hold(c, p + "w2", (0, dim), hrows)
-            hid = hrows[1] - hrows[0]
-            b.kv[c] += 2 * kv_elems
-            b.use_act(c, 3 * dim + q_elems + 2 * kv_elems + 2 * hid)
-            n_q_heads = len({g for g, _, _ in pieces}) * n_rep
-            qkv.append(Work(c, (p + "wq", p + "wk", p + "wv"), macs=(q_elems + 2 * kv_elems) * dim,
-                            elements=q_elems + kv_elems, weight_elements=(q_elems + 2 * kv_elems) * dim))
-            attn.append(Work(c, (), macs=2 * q_elems, elements=3 * n_q_heads, weight_elements=2 * kv_elems))
-            wo.append(Work(c, (p + "wo",), macs=q_elems * dim, weight_elements=q_elems * dim))
-            ffn_up.append(Work(c, (p + "w1", p + "w3"), macs=2 * hid * dim, elements=4 * hid,
-                               weight_elements=2 * hid * dim))
-            ffn_down.append(Work(c, (p + "w2",), macs=hid * dim, weight_elements=hid * dim))
+        wq, wk, wv, wo, w1, w2, w3 = (p + n for n in ("wq", "wk", "wv", "wo", "w1", "w2", "w3"))
+        qkv, attn, out, up, down = [], [], [], [], []
+        for c, slices, (q, kv, hid, heads) in zip(chips, geometry, sizes, strict=True):
+            b.shards[c].extend(_new_slice(Slice, (p + name, rows, cols, False)) for name, rows, cols, _ in slices)
+            qkv.append(work(Work, (c, (wq, wk, wv), (q + 2 * kv) * dim, q + kv, (q + 2 * kv) * dim)))
+            attn.append(work(Work, (c, (), 2 * q, 3 * heads, 2 * kv)))
+            out.append(work(Work, (c, (wo,), q * dim, 0, q * dim)))
+            up.append(work(Work, (c, (w1, w3), 2 * hid * dim, 4 * hid, 2 * hid * dim)))
+            down.append(work(Work, (c, (w2,), hid * dim, 0, hid * dim)))
         b.replicate(chips, p + "attention_norm", dim)
         b.elementwise(blk, "attention_norm", chips, 4 * dim, (p + "attention_norm",))
         b.compute(blk, "attn.qkv+rope", "matmul", qkv)
         for group in groups:
             b.allreduce(blk, "attn.scores", group, 0, elem_bytes=PSUM_BYTES, per_key=n_rep)
         b.compute(blk, "attn.softmax+av", "attention", attn)
-        b.compute(blk, "attn.wo", "matmul", wo)
+        b.compute(blk, "attn.wo", "matmul", out)
         b.allreduce(blk, "attn.out", chips, dim, elem_bytes=PSUM_BYTES)
         b.replicate(chips, p + "ffn_norm", dim)
         b.elementwise(blk, "residual+ffn_norm", chips, 5 * dim, (p + "ffn_norm",))
-        b.compute(blk, "ffn.w1w3+swiglu", "matmul", ffn_up)
-        b.compute(blk, "ffn.w2", "matmul", ffn_down)
+        b.compute(blk, "ffn.w1w3+swiglu", "matmul", up)
+        b.compute(blk, "ffn.w2", "matmul", down)
         b.allreduce(blk, "ffn.out", chips, dim, elem_bytes=PSUM_BYTES)
         b.elementwise(blk, "residual", chips, dim)
 
