@@ -19,7 +19,7 @@ from mcushard.cost.simulate import simulate
 from mcushard.hardware.spec import load_hardware
 from mcushard.model.config import get_preset
 from mcushard.partition import make_plan
-from mcushard.partition.collectives import schedule
+from mcushard.partition.collectives import local_schedule, schedule
 from mcushard.placement import workload
 from mcushard.sweep import run_sweep
 
@@ -29,7 +29,7 @@ TARGET_SWEEP_S = 2.0
 
 def _cold() -> None:
     """Forget cached all-reduce schedules and costs, so every timed run starts cold."""
-    for fn in (schedule, allreduce_cost, hop_table):
+    for fn in (schedule, local_schedule, allreduce_cost, hop_table):
         fn.cache_clear()
 
 

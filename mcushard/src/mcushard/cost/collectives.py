@@ -12,7 +12,7 @@ import math
 from functools import lru_cache
 
 from mcushard.hardware.spec import ChipSpec, LinkSpec
-from mcushard.partition.collectives import schedule
+from mcushard.partition.collectives import local_schedule
 
 
 def hops(topology: str, n_chips: int, a: int, b: int) -> int:
@@ -63,12 +63,13 @@ def allreduce_cost(algorithm: str, group: tuple[int, ...], n: int, elem_bytes: i
     total = 0.0
     pairs: dict[tuple[int, int], int] = {}
     hop_bytes = 0
-    for rnd in schedule(algorithm, group, n, group_size):
+    for rnd in local_schedule(algorithm, len(group), n, group_size):
         sent: dict[int, int] = {}
         recv: dict[int, int] = {}
         reduced: dict[int, int] = {}
         worst_hops = 0
-        for src, dst, start, stop, op in rnd:
+        for i, j, start, stop, op in rnd:
+            src, dst = group[i], group[j]
             k = stop - start
             nbytes = k * elem_bytes
             sent[src] = sent.get(src, 0) + nbytes

@@ -103,20 +103,26 @@ def schedule(algorithm: str, group: tuple[int, ...], n: int, group_size: int | N
     of `group_size`, the hardware preset's `group_size`)."""
     if not group or len(set(group)) != len(group):
         raise McushardError(f"all-reduce: bad group {group}")
+    local = local_schedule(algorithm, len(group), n, group_size)
+    return tuple(tuple(_new(Transfer, (group[t[0]], group[t[1]], t[2], t[3], t[4])) for t in rnd) for rnd in local)
+
+
+@lru_cache(maxsize=4096)
+def local_schedule(algorithm: str, p: int, n: int, group_size: int | None = 2) -> tuple[Round, ...]:
+    """`schedule` over members 0..p-1 (a schedule depends on the group only through its size)."""
     if algorithm not in ALGORITHMS:
         raise McushardError(f"unknown algorithm {algorithm!r} for an all-reduce; use {', '.join(ALGORITHMS)}")
     group_size = 2 if group_size is None else group_size
     if group_size < 1:
         raise McushardError(f"all-reduce: group_size must be >= 1, got {group_size}")
-    if len(group) <= 1 or n <= 0:
+    if p <= 1 or n <= 0:
         return ()
+    group = tuple(range(p))
     if algorithm == "ring":
         return tuple(_ring(group, 0, n))
     if algorithm == "tree":
         return tuple(_tree(group, n))
-    if algorithm == "hierarchical":
-        return tuple(_hierarchical(group, 0, n, group_size))
-    raise McushardError(f"unknown algorithm {algorithm!r} for an all-reduce; use {', '.join(ALGORITHMS)}")
+    return tuple(_hierarchical(group, 0, n, group_size))
 
 
 def edges(rounds) -> set[tuple[int, int]]:
