@@ -104,6 +104,9 @@ def atomic_write(path: Path, data: bytes) -> None:
     """Write via a temporary file in the same directory and os.replace."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)  # mkstemp's 0600 would make results private
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -10,11 +10,13 @@ the sum; the same schedule tells the cost model what to charge, so both count th
   whole vector (few rounds: good for short vectors and high link latency).
 - hierarchical (the paper's two-level idea, applied recursively): reduce-scatter inside sub-groups
   of `group_size` neighbouring chips, all-reduce each chunk among the sub-groups, all-gather back;
-  bandwidth-optimal like the ring but with O(g log_g p) instead of O(p) latency-bound rounds.
+  bandwidth-optimal like the ring but with O(g log_g p) instead of O(p) latency-bound rounds
+  (group sizes that are not powers of g add one fold and one unfold round).
 """
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -83,11 +85,18 @@ def _merge(per_group: list[list[Round]]) -> list[Round]:
 
 def _hierarchical(group: tuple[int, ...], base: int, n: int, g: int) -> list[Round]:
     """Reduce-scatter inside sub-groups of g neighbours, all-reduce each chunk recursively among the
-    members holding it (one per sub-group), all-gather inside sub-groups. Falls back to a ring when
-    the group does not split into equal sub-groups."""
+    members holding it (one per sub-group), all-gather inside sub-groups. A group that is not a power
+    of g first folds its extra members' vectors into the others (and copies the sum back at the end);
+    a group of at most g members runs a ring."""
     p = len(group)
-    if p <= g or p % g or g < 2:
+    if p <= g or g < 2:
         return _ring(group, base, n)
+    q = g ** int(math.log(p, g) + 1e-9)  # the largest power of g not above p
+    if q != p:  # fold the extra members into the first q, reduce among those, unfold
+        core = group[:q]
+        fold = tuple(_new(Transfer, (e, core[j % q], base, base + n, "reduce")) for j, e in enumerate(group[q:]))
+        unfold = tuple(_new(Transfer, (core[j % q], e, base, base + n, "copy")) for j, e in enumerate(group[q:]))
+        return [fold] + _hierarchical(core, base, n, g) + [unfold]
     subs = [group[i:i + g] for i in range(0, p, g)]
     chunks = _chunks(n, g)
     rs = _merge([_ring(s, base, n, (True,)) for s in subs])
