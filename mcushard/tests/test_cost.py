@@ -12,7 +12,7 @@ from mcushard.errors import McushardError
 from mcushard.hardware.spec import load_hardware, replace
 from mcushard.model.config import get_preset
 from mcushard.partition import make_plan
-from mcushard.partition.collectives import bytes_sent, schedule
+from mcushard.partition.collectives import bytes_sent, plan_link_bytes, schedule
 from mcushard.partition.plan import AllReduce, Send
 from mcushard.placement import place, workload
 from mcushard.sweep import variant
@@ -82,6 +82,7 @@ def test_link_bytes_are_the_plan_schedules():
         elif isinstance(step, Send):
             pair = (step.src, step.dst)
             expected[pair] = expected.get(pair, 0) + step.elements * step.elem_bytes
+    assert plan_link_bytes(plan, HW.group_size, tokens=1, keys=16) == expected
     assert r.link_bytes_per_pair == expected
     assert [c.bytes_held for c in r.chips] == [plan.bytes_held(c) for c in range(8)]
 

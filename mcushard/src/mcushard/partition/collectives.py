@@ -146,3 +146,21 @@ def bytes_sent(rounds, elem_bytes: int) -> dict[tuple[int, int], int]:
         for t in rnd:
             out[(t.src, t.dst)] = out.get((t.src, t.dst), 0) + t.elements * elem_bytes
     return out
+
+
+def plan_link_bytes(plan, group_size: int | None = 2, tokens: int = 1, keys: int = 0) -> dict[tuple[int, int], int]:
+    """Payload bytes per directed link (src, dst) that running `plan` once sends: its all-reduces'
+    schedules and its sends, for `tokens` tokens each attending `keys` keys (decode: 1 token, keys =
+    the KV length). This is what a distributed runtime of the plan must count, without a simulation."""
+    from mcushard.partition.plan import AllReduce, Send
+
+    out: dict[tuple[int, int], int] = {}
+    for step in plan.steps:
+        if isinstance(step, AllReduce):
+            n = step.elements * tokens + step.elements_per_key * tokens * keys
+            rounds = schedule(step.algorithm, step.group, n, group_size)
+            for pair, nbytes in bytes_sent(rounds, step.elem_bytes).items():
+                out[pair] = out.get(pair, 0) + nbytes
+        elif isinstance(step, Send):
+            out[(step.src, step.dst)] = out.get((step.src, step.dst), 0) + step.elements * tokens * step.elem_bytes
+    return out
