@@ -19,6 +19,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import threading
+from contextlib import contextmanager
 import traceback
 from collections import Counter
 from multiprocessing.connection import Connection, wait
@@ -133,6 +134,23 @@ def _chip_main(chip: int, control: Connection, ends: dict[int, Connection],
         os._exit(1)
 
 
+@contextmanager
+def _one_blas_thread():
+    """One BLAS thread per chip process (a chip is one compute unit; N chips share the host's cores)."""
+    names = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    saved = {k: os.environ.get(k) for k in names}
+    for k in names:
+        os.environ.setdefault(k, "1")
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 class ChipCluster:
     """N chip processes wired by `edges`; use as a context manager."""
 
@@ -152,14 +170,15 @@ class ChipCluster:
         self._control: list[Connection] = []
         self._procs: list[mp.process.BaseProcess] = []
         try:
-            for chip in range(n_chips):
-                host_end, chip_end = ctx.Pipe(duplex=True)
-                proc = ctx.Process(target=_chip_main, name=f"chip{chip}", daemon=True,
-                                   args=(chip, chip_end, ends[chip], make_handler, inits[chip]))
-                proc.start()
-                chip_end.close()
-                self._control.append(host_end)
-                self._procs.append(proc)
+            with _one_blas_thread():  # the forkserver, started by the first chip, keeps this setting
+                for chip in range(n_chips):
+                    host_end, chip_end = ctx.Pipe(duplex=True)
+                    proc = ctx.Process(target=_chip_main, name=f"chip{chip}", daemon=True,
+                                       args=(chip, chip_end, ends[chip], make_handler, inits[chip]))
+                    proc.start()
+                    chip_end.close()
+                    self._control.append(host_end)
+                    self._procs.append(proc)
             for conns in ends:  # the host keeps no link ends: a dead peer closes its pipes
                 for conn in conns.values():
                     conn.close()

@@ -45,6 +45,11 @@ class RunStats:
 
     link_bytes: list[dict[Link, int]] = field(default_factory=list)  # per step: (src, dst) -> bytes sent
     seconds: float = 0.0  # wall time inside `step`
+    comm_s: float = 0.0  # summed over chips: time inside collectives and sends (incl. waiting for peers)
+    busy_s: float = 0.0  # summed over chips: time running their programs
+
+    def comm_fraction(self) -> float:
+        return self.comm_s / max(self.busy_s, 1e-12)
 
     def mean_link_bytes(self) -> dict[Link, float]:
         total: dict[Link, int] = {}
@@ -83,6 +88,8 @@ class DistributedLlama:
         chosen = {r["token"] for r in replies if r["token"] is not None}
         if chosen != {int(np.argmax(logits))}:
             raise McushardError(f"argmax all-reduce gave {sorted(chosen)}, the logits {int(np.argmax(logits))}")
+        self.stats.comm_s += sum(r["comm_s"] for r in replies)
+        self.stats.busy_s += sum(r["step_s"] for r in replies)
         self.stats.link_bytes.append({(c, peer): b for c, r in enumerate(replies) for peer, b in r["sent"].items()})
         return logits
 

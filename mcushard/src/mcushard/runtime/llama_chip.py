@@ -12,6 +12,7 @@ vocabulary slice of the logits and all-reduces packed (value, index) argmax keys
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 
@@ -74,17 +75,22 @@ class LlamaChip(ChipProgram):
             raise ValueError(f"unknown request {kind!r}")
         self.token, self.pos = token, pos
         self.x = self.row = self.psum = self.scores = self.logits = self.key = None
+        t_start, comm_s = time.perf_counter(), 0.0
         for step in self.s.steps:
             if isinstance(step, Compute):
                 self.layer = int(step.block.split(".")[1]) if step.block.startswith("layers.") else -1
                 self.handlers[step.label]()
-            elif isinstance(step, AllReduce):
+                continue
+            t0 = time.perf_counter()
+            if isinstance(step, AllReduce):
                 self._reduce(step)
             elif isinstance(step, Send):
                 self._send(step)
+            comm_s += time.perf_counter() - t0
         token_out = None if self.key is None else unpack_argmax(self.key, self.s.cfg.vocab_size)
         logits = None if self.logits is None else (self.s.vocab_rows[0], self.logits)
-        return {"token": token_out, "logits": logits, "sent": self.take_bytes_sent()}
+        return {"token": token_out, "logits": logits, "sent": self.take_bytes_sent(), "comm_s": comm_s,
+                "step_s": time.perf_counter() - t_start}
 
     def _reduce(self, step: AllReduce) -> None:
         if step.label == "lookup":
