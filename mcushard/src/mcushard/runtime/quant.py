@@ -54,7 +54,7 @@ def quantize_rows(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return q, scale
 
 
-def gptq_rows(w: np.ndarray, x: np.ndarray, damp: float = 0.05, block: int = 128
+def gptq_rows(w: np.ndarray, x: np.ndarray, damp: float = 0.05, block: int = 32
               ) -> tuple[np.ndarray, np.ndarray]:
     """GPTQ with per-row symmetric int8 scales. w: [out, in]; x: [samples, in] calibration inputs.
 
@@ -116,7 +116,7 @@ class QuantScheme:
     """How a Llama decoder is quantised: weight rounding and the bit width of each activation site."""
 
     name: str  # label in reports
-    weights: Literal["rtn", "gptq"]  # int8 per-row weight rounding: to nearest, or GPTQ error feedback
+    weights: Literal["rtn", "gptq"]  # int8 per-row rounding: to nearest, or GPTQ (where calibration allows)
     norm_bits: int  # in-layer RMSNorm outputs (inputs of wq/wk/wv/w1/w3), dynamic per-vector scale
     qkv_bits: int  # q, k, v and the KV cache, static per-head scales
     att_bits: int  # attention output (input of wo, cut along K by a head split), static per-layer scale
@@ -291,7 +291,10 @@ def quantize_weights(cfg: LlamaConfig, weights: Weights, method: str, probe: dic
     if not cfg.shared_classifier:
         mats["cls"] = weights["output"]
     for name, w in mats.items():
-        if method == "gptq" and name != "tok_embeddings":
+        # GPTQ needs a full-rank Hessian: at least as many calibration vectors as input columns
+        # (stories260K: 2048 >= 172); with fewer (a large model's short calibration) damping would
+        # dominate, so those matrices are rounded to nearest
+        if method == "gptq" and name != "tok_embeddings" and len(probe[name][0]) >= w.shape[1]:
             q[name], scale[name] = gptq_rows(w, probe[name][0])
         else:
             q[name], scale[name] = quantize_rows(w)
