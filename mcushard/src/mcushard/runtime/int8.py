@@ -114,16 +114,18 @@ def softmax_int(scores: np.ndarray, log2_ratio: np.ndarray | float, keep: np.nda
 
 
 def attention_heads(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, score_ratio: np.ndarray,
-                    out_ratio: np.ndarray, bits: int) -> np.ndarray:
+                    out_ratio: np.ndarray, bits: int, cache_max: int | None = None) -> np.ndarray:
     """Integer attention of one query position for a group of heads.
 
-    q: int64 [n_kv, n_rep, hd]; k_cache, v_cache: integer-valued [n_kv, T, hd]; score_ratio:
-    [n_kv, n_rep, 1] real score (already / sqrt(hd)) per accumulator unit; out_ratio: [n_kv, n_rep, 1]
-    output units per (Q15 prob x v) unit. Returns int64 [n_kv, n_rep, hd] at `bits`.
+    q: int64 [n_kv, n_rep, hd]; k_cache, v_cache: integer-valued [n_kv, T, hd] with |.| <= cache_max
+    (scanned when None); score_ratio: [n_kv, n_rep, 1] real score (already / sqrt(hd)) per
+    accumulator unit; out_ratio: [n_kv, n_rep, 1] output units per (Q15 prob x v) unit. Returns
+    int64 [n_kv, n_rep, hd] at `bits`.
     """
-    scores = exact_matmul_f64(q, np.swapaxes(k_cache, 1, 2))  # [n_kv, n_rep, T]
+    scores = exact_matmul_f64(q, np.swapaxes(k_cache, 1, 2), b_max=cache_max)  # [n_kv, n_rep, T]
     probs = softmax_int(scores, score_ratio * math.log2(math.e) * (1 << EXP_FRAC))  # [n_kv, n_rep, T] Q15
-    return requantize(exact_matmul_f64(probs, v_cache), out_ratio, bits)  # [n_kv, n_rep, hd]
+    out = exact_matmul_f64(probs, v_cache, a_max=1 << PROB_FRAC, b_max=cache_max)  # [n_kv, n_rep, hd]
+    return requantize(out, out_ratio, bits)
 
 
 def gated_q16(x: np.ndarray, table: np.ndarray) -> np.ndarray:
@@ -235,7 +237,8 @@ class LlamaInt8:
         self.k_cache[layer, :, pos] = rope_int(k, self.cos_q[pos], self.sin_q[pos], sch.qkv_bits)
         self.v_cache[layer, :, pos] = v
         att = attention_heads(q.reshape(cfg.n_kv_heads, -1, hd), self.k_cache[layer, :, : pos + 1],
-                              self.v_cache[layer, :, : pos + 1], lp["score"], lp["att"], sch.att_bits)
+                              self.v_cache[layer, :, : pos + 1], lp["score"], lp["att"], sch.att_bits,
+                              qmax(sch.qkv_bits))
         return self.lin[p + "wo"](att.reshape(-1))
 
     def ffn_block(self, layer: int, x: np.ndarray) -> np.ndarray:

@@ -82,13 +82,15 @@ class ExactLinear:
         return y[0] if x.ndim == 1 else y.T
 
 
-def exact_matmul_f64(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def exact_matmul_f64(a: np.ndarray, b: np.ndarray, a_max: int | None = None, b_max: int | None = None
+                     ) -> np.ndarray:
     """a @ b for integer-valued arrays (any float or int dtype) via float64 BLAS, returned as int64.
 
-    a: [..., m, k], b: [..., k, n]. Asserts the float64 exactness bound on the partial sums.
+    a: [..., m, k], b: [..., k, n]. Asserts the float64 exactness bound on the partial sums, from
+    max |a| and max |b| (scanned, or given by the caller when known, e.g. a KV cache's clip value).
     """
     k = a.shape[-1]
-    bound = partial_sum_bound(k, max_abs(a), max_abs(b))
+    bound = partial_sum_bound(k, max_abs(a) if a_max is None else a_max, max_abs(b) if b_max is None else b_max)
     if bound > F64_EXACT:
         raise McushardError(f"integer product bound {bound} exceeds 2^53 (K={k}); rescale the operands")
     return np.matmul(a.astype(np.float64, copy=False), b.astype(np.float64, copy=False)).astype(np.int64)
