@@ -15,6 +15,7 @@ Pipelined plans in prompt mode stream one micro-batch per stage through the stag
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 from mcushard.cost.collectives import add_rate, allreduce_cost, hop_table, link_key
@@ -143,7 +144,8 @@ def simulate(plan: Plan, hw: HardwareSpec, wl: Workload, placement: Placement | 
     table = hop_table(link.topology, n)
     memo: dict[tuple, int] = {}  # work key -> index into costs
     costs: list[tuple] = []  # (seconds, stall, MAC energy, ((level, bytes, energy), ...), total energy)
-    uses: list[dict[int, int]] = [{} for _ in range(n)]  # per chip: cost index -> times run
+    uses: list[list[int]] = [[] for _ in range(n)]  # per chip: the cost index of every kernel it ran
+    memo_get, cps = memo.get, placement.chips
     micro = _stages(plan) if wl.mode == "prompt" else 1
     tokens = -(-wl.tokens // micro)
     for _ in range(micro):
@@ -152,10 +154,12 @@ def simulate(plan: Plan, hw: HardwareSpec, wl: Workload, placement: Placement | 
             acc = blocks.setdefault(step.block, [0.0, 0.0])
             if isinstance(step, Compute):
                 attention = step.kernel == "attention"
+                kernel = step.kernel
                 for w in step.work:
-                    c, cp = w.chip, placement.chips[w.chip]
-                    key = (step.kernel, w.macs, w.elements, w.weight_elements, w.tensors, id(cp))
-                    idx = memo.get(key)
+                    c = w[0]
+                    cp = cps[c]
+                    key = (kernel, w[2], w[3], w[4], w[1], id(cp))
+                    idx = memo_get(key)
                     if idx is None:
                         if step.kernel == "matmul":
                             homes = tuple((cp.home[t], held[c][t]) for t in w.tensors)
@@ -171,8 +175,7 @@ def simulate(plan: Plan, hw: HardwareSpec, wl: Workload, placement: Placement | 
                     clock[c] += t
                     comp[c] += t - t_stall
                     stall[c] += t_stall
-                    use = uses[c]
-                    use[idx] = use.get(idx, 0) + 1
+                    uses[c].append(idx)
                     acc[1] += e_total
             elif isinstance(step, AllReduce):
                 count = int(step.elements * tokens + step.elements_per_key * tokens * wl.keys)
@@ -210,7 +213,7 @@ def simulate(plan: Plan, hw: HardwareSpec, wl: Workload, placement: Placement | 
                 acc[1] += nb * h * link.energy_pj_per_byte * 1e-12
             acc[0] += max(clock) - before
     for c in range(n):
-        for idx, count in uses[c].items():
+        for idx, count in Counter(uses[c]).items():
             _, _, e_mac, reads, e_total = costs[idx]
             e_compute += e_mac * count
             dyn[c] += e_total * count
