@@ -136,3 +136,15 @@ def test_schedules_sum_exactly(algorithm, p, n):
     if algorithm == "ring" and n >= p:  # bandwidth-optimal: 2 (p-1)/p of the vector per chip
         sent = bytes_sent(schedule(algorithm, group, n), 4)
         assert sum(sent.values()) == pytest.approx(2 * (p - 1) * n * 4, rel=0.01 + p / n)
+
+
+def test_plan_manifest_is_json():
+    import json
+
+    plan = make_plan(get_preset("tiny-llama-test"), 3, "hybrid")
+    data = json.loads(json.dumps(plan.to_dict()))
+    assert data["n_chips"] == 3 and len(data["chips"]) == 3
+    total = sum(int(np.prod(s)) for s in model_shapes(plan.model).values())
+    assert sum(c["bytes_held"] for c in data["chips"]) >= total
+    assert {s["type"] for s in data["steps"]} >= {"Compute", "AllReduce"}
+    assert data["chips"][1]["slices"][0].keys() == {"tensor", "rows", "cols", "replicated"}

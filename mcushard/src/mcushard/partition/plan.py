@@ -143,6 +143,23 @@ class Plan:
                 out.append(step)
         return out
 
+    def to_dict(self) -> dict:
+        """JSON-ready manifest: per chip its slices and KV size, and the global step list."""
+        def step(s: Step) -> dict:
+            d = {"type": type(s).__name__} | {k: getattr(s, k) for k in s.__dataclass_fields__}
+            if isinstance(s, Compute):
+                d["work"] = [w._asdict() for w in s.work]
+            return d
+
+        return {
+            "model": self.model.name, "strategy": self.strategy, "n_chips": self.n_chips, "scope": self.scope,
+            "weight_bytes": self.weight_bytes, "act_bytes": self.act_bytes, "psum_bytes": self.psum_bytes,
+            "notes": list(self.notes),
+            "chips": [{"chip": c, "bytes_held": self.bytes_held(c), "kv_elements_per_position": self.kv_elements[c],
+                       "slices": [s._asdict() for s in self.shards[c]]} for c in range(self.n_chips)],
+            "steps": [step(s) for s in self.steps],
+        }
+
     def bytes_held(self, chip: int) -> int:
         """Weight bytes stored on `chip` (replicated slices count on every chip)."""
         return sum(self.tensor_bytes(chip).values())
