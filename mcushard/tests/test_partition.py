@@ -141,9 +141,9 @@ def test_schedules_sum_exactly(algorithm, p, n):
 def test_plan_manifest_is_json():
     import json
 
-    plan = make_plan(get_preset("tiny-llama-test"), 3, "hybrid")
+    plan = make_plan(get_preset("tiny-llama-test"), 4, "hybrid")
     data = json.loads(json.dumps(plan.to_dict()))
-    assert data["n_chips"] == 3 and len(data["chips"]) == 3
+    assert data["n_chips"] == 4 and len(data["chips"]) == 4
     total = sum(int(np.prod(s)) for s in model_shapes(plan.model).values())
     assert sum(c["bytes_held"] for c in data["chips"]) >= total
     assert {s["type"] for s in data["steps"]} >= {"Compute", "AllReduce"}
