@@ -178,6 +178,23 @@ def run(
     print(summary, file=sys.stderr)
 
 
+@app.command()
+def export(
+    model: str = typer.Argument(..., help="preset name, llama2.c .bin, or HF directory"),
+    chips: int = typer.Option(1, min=1, help="chips of the tensor-parallel plan"),
+    out: str = typer.Option(..., "--out", help="output directory (chip<c>.onnx + manifest.json)"),
+    algorithm: str = typer.Option("hierarchical", help="all-reduce algorithm recorded in the manifest"),
+    seed: int = typer.Option(0, help="random-weight seed for presets"),
+) -> None:
+    """One ONNX model per chip (its slices, syncs as graph inputs/outputs) and a JSON manifest of the plan."""
+    from mcushard.export.onnx import export_plan
+    from mcushard.model.load import load_model
+    from mcushard.partition import make_plan
+
+    cfg, weights = load_model(model, seed)
+    print(export_plan(make_plan(cfg, chips, "tp", algorithm), weights, out))
+
+
 def main() -> None:
     try:
         app()

@@ -1,7 +1,8 @@
 """A cluster of chip processes: one operating-system process per chip, pipes as chip-to-chip links.
 
 The parent (the "host") starts N processes from a clean `forkserver` (numpy preloaded), so each chip
-starts fast and inherits nothing but what it is handed: its own init arguments (its weight slices) and the pipe ends of its own links.
+starts fast and inherits nothing but what it is handed: its own init arguments (its weight slices)
+and the pipe ends of its own links.
 Each chip runs a handler built by `make_handler(chip, links, init)`; the host broadcasts a request
 to every chip and gathers one reply per chip.
 
@@ -19,9 +20,9 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import threading
-from contextlib import contextmanager
 import traceback
 from collections import Counter
+from contextlib import contextmanager
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Protocol
 
@@ -77,7 +78,7 @@ def all_reduce(links: Links, rounds: list[Round], vector: np.ndarray,
             for d, a in payloads:
                 links.send(d, a)
         else:
-            sender = threading.Thread(target=lambda: [links.send(d, a) for d, a in payloads])
+            sender = threading.Thread(target=_send_all, args=(links, payloads))
             sender.start()
         for t in recvs:
             part = links.recv(t.src)
@@ -90,6 +91,11 @@ def all_reduce(links: Links, rounds: list[Round], vector: np.ndarray,
         if sender is not None:
             sender.join()
     return out
+
+
+def _send_all(links: Links, payloads: list[tuple[int, np.ndarray]]) -> None:
+    for dst, array in payloads:
+        links.send(dst, array)
 
 
 def _header(array: np.ndarray) -> bytes:

@@ -2,7 +2,7 @@
 
 The host cuts the quantised model (`QuantLlama`) along the plan's `Slice`s and hands each chip a
 `LlamaShard`. Every int8 matrix in a shard is assembled from slices the plan assigns to that chip
-(`_Take` refuses anything else), so a chip never sees another chip's weights. What comes with the
+(`SliceTaker` refuses anything else), so a chip never sees another chip's weights. What comes with the
 slices is per-row data of the rows held (requantisation ratios from the per-row weight scales, which
 `LlamaInt8` computes) and a few replicated constants:
 - the int16 RMSNorm gains (the plan replicates norms on every chip of a group);
@@ -65,7 +65,7 @@ class LlamaShard:
     final_gain: np.ndarray | None  # int16 [dim]: final RMSNorm gain, on head chips
 
 
-class _Take:
+class SliceTaker:
     """Hands out sub-arrays of the quantised model, only for slices the plan gives `chip`."""
 
     def __init__(self, plan: Plan, chip: int, q: dict, gain: dict) -> None:
@@ -87,7 +87,7 @@ class _Take:
         return sorted((r, c) for t, r, c in self.held if t == tensor)
 
 
-def _pieces(take: _Take, p: str, hd: int) -> tuple[tuple[int, int, int], ...]:
+def head_pieces(take: SliceTaker, p: str, hd: int) -> tuple[tuple[int, int, int], ...]:
     """(kv head, d0, d1) of the chip's K rows, cut at head boundaries, in row order."""
     out = []
     for (a, b), _ in take.has(p + "wk"):
@@ -96,14 +96,14 @@ def _pieces(take: _Take, p: str, hd: int) -> tuple[tuple[int, int, int], ...]:
     return tuple(out)
 
 
-def _layer(take: _Take, ref: LlamaInt8, layer: int) -> LayerShard:
+def _layer(take: SliceTaker, ref: LlamaInt8, layer: int) -> LayerShard:
     cfg, hd = ref.cfg, ref.cfg.head_dim
     n_rep, dim, p, lp = cfg.n_heads // cfg.n_kv_heads, cfg.dim, f"layers.{layer}.", ref.layers[layer]
-    pieces = _pieces(take, p, hd)
+    pieces = head_pieces(take, p, hd)
     q_rows = [(h * hd + d0, h * hd + d1) for g, d0, d1 in pieces for h in range(g * n_rep, (g + 1) * n_rep)]
     kv_rows = [(g * hd + d0, g * hd + d1) for g, d0, d1 in pieces]
-    qkv_w = np.concatenate([take(p + "wq", r, (0, dim)) for r in q_rows] + [take(p + "wk", r, (0, dim)) for r in kv_rows]
-                           + [take(p + "wv", r, (0, dim)) for r in kv_rows])
+    qkv_w = np.concatenate([take(p + "wq", r, (0, dim)) for r in q_rows]
+                           + [take(p + name, r, (0, dim)) for name in ("wk", "wv") for r in kv_rows])
     idx = np.concatenate([np.arange(*r) for r in q_rows] + [cfg.dim + np.arange(*r) for r in kv_rows]
                          + [cfg.dim + cfg.kv_dim + np.arange(*r) for r in kv_rows])
     heads = [g for g, _, _ in pieces]
@@ -131,7 +131,7 @@ def llama_shards(plan: Plan, ref: LlamaInt8, group_size: int) -> list[LlamaShard
         raise McushardError("a distributed run needs a plan of the whole model (scope 'model')")
     qm, out = ref.qm, []
     for chip in range(plan.n_chips):
-        take = _Take(plan, chip, qm.q, qm.gain)
+        take = SliceTaker(plan, chip, qm.q, qm.gain)
         layers = {layer: _layer(take, ref, layer) for layer in range(cfg.n_layers)
                   if take.has(f"layers.{layer}.wk")}
         emb = take.has("tok_embeddings")
