@@ -69,18 +69,33 @@ class NaiveNumpyFP32:
         return w["tok_embeddings"] @ self._norm(x, w["norm"])
 
 
-def tokens_per_s(decoder, tokens: int, warmup: int = 2) -> float:
-    for pos in range(warmup):
-        decoder.step(1 + pos, pos)
-    start = time.perf_counter()
-    for pos in range(warmup, warmup + tokens):
-        decoder.step(1 + pos % 100, pos)
-    return tokens / (time.perf_counter() - start)
+def interleaved_rates(decoders: dict, tokens: int, rounds: int) -> dict[str, tuple[float, float]]:
+    """(tokens/s, tokens per CPU second of this process) of each decoder, best of `rounds`
+    interleaved rounds (A B C A B C ...), so that a burst of other work on the machine hits every
+    decoder alike and the best round shows each one's speed on the least-loaded stretch. Each decoder
+    decodes one continuous sequence across rounds. CPU seconds add up all BLAS threads."""
+    pos = dict.fromkeys(decoders, 0)
+    for name, dec in decoders.items():  # warm-up: first steps allocate caches and buffers
+        for _ in range(2):
+            dec.step(1 + pos[name], pos[name])
+            pos[name] += 1
+    best = {name: (0.0, 0.0) for name in decoders}
+    per_round = max(tokens // rounds, 1)
+    for _ in range(rounds):
+        for name, dec in decoders.items():
+            start, cpu = time.perf_counter(), time.process_time()
+            for _ in range(per_round):
+                dec.step(1 + pos[name] % 100, pos[name])
+                pos[name] += 1
+            rate = per_round / (time.perf_counter() - start), per_round / max(time.process_time() - cpu, 1e-9)
+            best[name] = max(best[name], rate)
+    return best
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tokens", type=int, default=32, help="decode steps timed per decoder")
+    parser.add_argument("--tokens", type=int, default=48, help="decode steps timed per decoder")
+    parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds; the best one counts")
     parser.add_argument("--scheme", default="w8a12-rtn",
                         help="quantisation scheme; rtn quantises fast and runs the same kernels as the default "
                              "w8a12-gptq")
@@ -89,20 +104,19 @@ def main() -> None:
     weights = random_weights(cfg, seed=0)
     t0 = time.perf_counter()
     qm = quantize_llama(cfg, weights, args.scheme, sequences=[list(range(1, 17))])  # 16 calibration tokens
-    print(f"tinyllama-42m, {args.tokens} tokens each; quantisation ({args.scheme}) took "
-          f"{time.perf_counter() - t0:.1f} s; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores "
-          "(others' work slows every row alike)")
-    results = {
-        "numpy fp32 baseline": tokens_per_s(NaiveNumpyFP32(cfg, weights), args.tokens),
-        "fp32 reference": tokens_per_s(LlamaFP32(cfg, weights), args.tokens),
-        f"int8 ({args.scheme})": tokens_per_s(LlamaInt8(qm), args.tokens),
-    }
-    base = results["numpy fp32 baseline"]
-    for name, rate in results.items():
-        print(f"{name:<28}{rate:8.1f} tokens/s   {rate / base:5.2f}x baseline")
-    int8_rate = results[f"int8 ({args.scheme})"]
+    print(f"tinyllama-42m, {args.tokens} tokens each in {args.rounds} interleaved rounds (best round counts); "
+          f"quantisation ({args.scheme}) took {time.perf_counter() - t0:.1f} s; "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    int8_name = f"int8 ({args.scheme})"
+    results = interleaved_rates({"numpy fp32 baseline": NaiveNumpyFP32(cfg, weights),
+                                 "fp32 reference": LlamaFP32(cfg, weights),
+                                 int8_name: LlamaInt8(qm)}, args.tokens, args.rounds)
+    base = results["numpy fp32 baseline"][0]
+    for name, (rate, per_cpu_s) in results.items():
+        print(f"{name:<28}{rate:8.1f} tokens/s   {rate / base:5.2f}x baseline   ({per_cpu_s:6.1f} tokens per CPU s)")
+    int8_rate = results[int8_name][0]
     verdict = "meets" if int8_rate >= TARGET_INT8_TOKENS_PER_S else "misses"
-    print(f"int8 / fp32 reference: {int8_rate / results['fp32 reference']:.2f}x; "
+    print(f"int8 / fp32 reference: {int8_rate / results['fp32 reference'][0]:.2f}x; "
           f"int8 {verdict} the {TARGET_INT8_TOKENS_PER_S:.0f} tokens/s target")
 
 
