@@ -105,10 +105,11 @@ def test_more_link_bandwidth_never_slows_a_plan(n, strategy, factor, algorithm, 
 def test_impossible_placement_names_chip_level_and_bytes():
     tiny_l2 = variant(HW, None, 8, None)  # 8 KiB of L2
     cfg = get_preset("tinyllama-42m")
-    with pytest.raises(McushardError, match=r"chip 0: activations does not fit in L2: needs \d+ bytes, \d+ available"):
+    with pytest.raises(McushardError, match=r"chip 0: L2 cannot hold activations: needs \d+ bytes, \d+ available"):
         place(make_plan(cfg, 2), tiny_l2.chip, workload(cfg, "prompt", seq_len=64))
     no_offchip = replace(HW, chip=replace(HW.chip, levels=HW.chip.levels[:3]))
-    with pytest.raises(McushardError, match=r"chip 0: weights .* on-chip memory \(no off-chip level\): needs \d+ "):
+    no_room = r"chip 0: on-chip memory \(no off-chip level\) cannot hold weights .*: needs \d+ "
+    with pytest.raises(McushardError, match=no_room):
         place(make_plan(cfg, 1), no_offchip.chip, workload(cfg, "decode"))
 
 

@@ -85,7 +85,7 @@ def place(plan: Plan, chip: ChipSpec, wl: Workload) -> Placement:
 def _need(cond: bool, chip: int, level: str, needed: int, free: int, what: str) -> None:
     if not cond:
         raise McushardError(
-            f"chip {chip}: {what} does not fit in {level}: needs {needed} bytes, {max(free, 0)} available")
+            f"chip {chip}: {level} cannot hold {what}: needs {needed} bytes, {max(free, 0)} available")
 
 
 def _place_chip(plan: Plan, spec: ChipSpec, wl: Workload, c: int) -> ChipPlacement:
@@ -94,7 +94,7 @@ def _place_chip(plan: Plan, spec: ChipSpec, wl: Workload, c: int) -> ChipPlaceme
     widest = max((s.cols[1] - s.cols[0] for s in plan.shards[c]), default=1)
     tile = l1.size_bytes // 4
     _need(2 * widest * plan.weight_bytes <= l1.size_bytes // 2, c, l1.name, 2 * widest * plan.weight_bytes,
-          l1.size_bytes // 2, "one weight row, double-buffered,")
+          l1.size_bytes // 2, "one weight row, double-buffered")
     act_per_token = plan.act_elements[c] * plan.act_bytes
     token_tiles = max(1, -(-wl.tokens * act_per_token // (l1.size_bytes // 2)))
     model_width = getattr(plan.model, "dim", 0) or plan.model.hidden_size
