@@ -1,0 +1,212 @@
+"""CLI commands of the robustness study: robustness, rho-sweep, sharpness, reproduce.
+
+``register(app)`` adds them to sharprl's typer app (``sharprl.cli``). Every command turns a
+SharprlError into one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from sharprl.errors import SharprlError
+
+_err = Console(stderr=True)
+_out = Console()
+
+
+def _floats(text: str, what: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise SharprlError(f"{what}: expected comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise SharprlError(f"{what}: no values given")
+    return values
+
+
+def _user_errors(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from sharprl.cli import enable_compilation_cache
+
+        try:
+            enable_compilation_cache()
+            return fn(*args, **kwargs)
+        except SharprlError as exc:
+            _err.print(f"error: {exc}", markup=False, highlight=False)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+EXECUTOR_HELP = "ray (default: local Ray instance, one job per core, or --ray-address) or local (in-process)"
+
+
+def robustness(
+    run_dirs: Annotated[list[Path], typer.Argument(help="trained run directories (any algorithm, any seed)")],
+    out: Annotated[Path, typer.Option("--out", help="directory for robustness.csv and the PNGs")],
+    episodes: Annotated[int, typer.Option(help="episodes per point and run")] = 8,
+    noise_levels: Annotated[
+        str, typer.Option(help="action-noise stds (fraction of the action range)")
+    ] = "0,0.05,0.1,0.2,0.3,0.4,0.5",
+    friction: Annotated[str, typer.Option(help="friction scales")] = "0.25,0.5,0.75,1,1.25,1.5,2",
+    mass: Annotated[str, typer.Option(help="mass scales")] = "0.5,0.75,1,1.25,1.5",
+    grid_noise: Annotated[str, typer.Option(help="heat-map action noises")] = "0,0.1,0.2,0.3,0.5",
+    grid_friction: Annotated[str, typer.Option(help="heat-map friction scales")] = "0.25,0.5,1,1.5,2",
+    seed: Annotated[int, typer.Option(help="evaluation seed")] = 0,
+    episode_length: Annotated[int, typer.Option(help="episode length (0: the run's own)")] = 0,
+) -> None:
+    """Returns under action noise, friction and mass changes; one curve per algorithm (seeds pooled)."""
+    from sharprl import robustness as rb
+
+    for d in run_dirs:
+        if not d.is_dir():
+            raise SharprlError(f"{d}: no such run directory")
+    spec = rb.SweepSpec(
+        _floats(noise_levels, "--noise-levels"),
+        _floats(friction, "--friction"),
+        _floats(mass, "--mass"),
+        _floats(grid_noise, "--grid-noise"),
+        _floats(grid_friction, "--grid-friction"),
+        episodes,
+        seed,
+        episode_length or None,
+    )
+    rows = rb.run_sweep(run_dirs, spec, out)
+    for r in rows:
+        if r.sweep != "grid":
+            _out.print(
+                f"{r.sweep:13s} {r.algo:10s} noise={r.action_noise:<5g} friction={r.friction_scale:<5g} "
+                f"mass={r.mass_scale:<5g} return {r.mean_return:10.2f} +- {r.std_return:.2f} ({r.seeds} seeds)"
+            )
+    _out.print(f"wrote {out / 'robustness.csv'} and PNGs")
+
+
+def rho_sweep(
+    out: Annotated[Path, typer.Option("--out", help="study directory (re-run to resume)")],
+    env: Annotated[str, typer.Option(help="task")] = "ant",
+    rhos: Annotated[str, typer.Option(help="SHAC-ASAM rho values (SHAC is added as rho = 0)")] = "0.1,0.2,0.5,1.0",
+    seeds: Annotated[str, typer.Option(help="training seeds")] = "0",
+    env_steps: Annotated[int, typer.Option(help="env steps per training run")] = 512_000,
+    noise: Annotated[float, typer.Option(help="action noise of the 'under noise' return")] = 0.2,
+    episodes: Annotated[int, typer.Option(help="evaluation episodes per seed")] = 8,
+    executor: Annotated[str, typer.Option(help=EXECUTOR_HELP)] = "ray",
+    ray_address: Annotated[str | None, typer.Option(help="address of an existing Ray cluster")] = None,
+    max_parallel: Annotated[int, typer.Option(help="jobs at once (0: number of cores)")] = 0,
+) -> None:
+    """Train SHAC-ASAM for several rho and plot nominal return against return under action noise."""
+    from sharprl import report, study
+    from sharprl.robustness import SweepSpec
+
+    rho_values = _floats(rhos, "--rhos")
+    seed_values = tuple(int(s) for s in _floats(seeds, "--seeds"))
+    budget = dataclasses.replace(
+        study.BUDGETS["quick"],
+        name="rho-sweep",
+        envs=(env,),
+        seeds=seed_values,
+        shac_env_steps=env_steps,
+        rho=rho_values[0],
+        rho_sweep=rho_values[1:],
+        rho_sweep_noise=noise,
+        sweep=SweepSpec(episodes=episodes),
+        shac_overrides=(),
+    )
+    res = study.run_study(
+        budget,
+        out,
+        executor,
+        ray_address,
+        max_parallel or None,
+        _log,
+        include=("rho",),
+        algos=("shac", "shac-asam"),
+    )
+    points = report.write_rho_sweep(res)
+    for name, (nominal, noisy) in points.items():
+        _out.print(f"{name:14s} nominal {nominal:10.2f}  under noise {noise:g}: {noisy:10.2f}")
+    _fail_if(res)
+
+
+def sharpness(
+    run_dir: Annotated[Path, typer.Argument(help="a SHAC / SHAC-SAM / SHAC-ASAM run directory")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="directory for sharpness.json and landscape PNGs (default: RUN_DIR)")
+    ] = None,
+    rho: Annotated[float, typer.Option(help="SAM ball radius")] = 0.05,
+    asam_rho: Annotated[float, typer.Option(help="ASAM ball radius")] = 0.5,
+    ascent_steps: Annotated[int, typer.Option(help="gradient-ascent steps inside the ball")] = 5,
+    power_iterations: Annotated[int, typer.Option(help="Hessian power-iteration steps")] = 20,
+    alphas_1d: Annotated[int, typer.Option(help="points of the 1-D landscape")] = 21,
+    alphas_2d: Annotated[int, typer.Option(help="points per axis of the 2-D landscape")] = 11,
+    num_envs: Annotated[int, typer.Option(help="start states in the batch (0: the run's num_envs)")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+) -> None:
+    """SAM sharpness, top Hessian eigenvalue and filter-normalised loss landscapes of the final actor."""
+    from sharprl import landscape
+    from sharprl.checkpoint import atomic_write_text
+
+    spec = landscape.SharpnessSpec(
+        rho, asam_rho, 0.01, ascent_steps, power_iterations, alphas_1d, alphas_2d, num_envs=num_envs or None
+    )
+    res = landscape.measure(run_dir, spec)
+    out = out or run_dir
+    atomic_write_text(out / "sharpness.json", json.dumps(res, indent=1))
+    landscape.write_plots([res], out)
+    if as_json:
+        _out.print_json(json.dumps({k: v for k, v in res.items() if not k.startswith(("loss_", "alphas_"))}))
+    else:
+        _out.print(
+            f"{res['algo']}: loss {res['loss']:.5g}  SAM sharpness {res['sam_sharpness']:.5g} (rho {rho:g})  "
+            f"ASAM sharpness {res['asam_sharpness']:.5g} (rho {asam_rho:g})  top Hessian eigenvalue "
+            f"{res['hessian_top_eigenvalue']:.5g}"
+        )
+        _out.print(f"wrote {out / 'sharpness.json'}, {out / 'landscape_1d.png'}, {out / 'landscape_2d.png'}")
+
+
+def reproduce(
+    out: Annotated[Path, typer.Option("--out", help="study directory (re-run with the same DIR to resume)")],
+    budget: Annotated[
+        str, typer.Option(help="tiny (tests) | quick (Ant, 1 seed, ~40 min) | full (Ant+Humanoid, 3 seeds)")
+    ] = "quick",
+    executor: Annotated[str, typer.Option(help=EXECUTOR_HELP)] = "ray",
+    ray_address: Annotated[str | None, typer.Option(help="address of an existing Ray cluster")] = None,
+    max_parallel: Annotated[int, typer.Option(help="jobs at once (0: number of cores)")] = 0,
+) -> None:
+    """Train SHAC, SHAC-ASAM and PPO, run the sweeps and sharpness measures, write DIR/report.md."""
+    from sharprl import report, study
+
+    if budget not in study.BUDGETS:
+        raise SharprlError(f"unknown budget {budget!r}: expected one of {', '.join(study.BUDGETS)}")
+    res = study.run_study(study.BUDGETS[budget], out, executor, ray_address, max_parallel or None, _log)
+    path = report.write_report(res, f"sharprl reproduce --budget {budget} --out {out}")
+    _out.print((out / "claims.md").read_text(), markup=False, highlight=False)
+    _out.print(f"wrote {path}")
+    _fail_if(res)
+
+
+def _log(line: str) -> None:
+    _out.print(line, markup=False, highlight=False)
+
+
+def _fail_if(res) -> None:
+    if res.failed:
+        names = ", ".join(o.job.name for o in res.failed)
+        raise SharprlError(
+            f"{len(res.failed)} job(s) failed after a retry: {names} (see the log above; re-run to retry)"
+        )
+
+
+def register(app: typer.Typer) -> None:
+    """Add the study commands to ``app``."""
+    app.command("robustness")(_user_errors(robustness))
+    app.command("rho-sweep")(_user_errors(rho_sweep))
+    app.command("sharpness")(_user_errors(sharpness))
+    app.command("reproduce")(_user_errors(reproduce))

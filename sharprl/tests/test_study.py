@@ -1,0 +1,115 @@
+"""Study jobs: retry once, resume without rerunning, Ray by default; the tiny reproduce and rho sweep."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from sharprl import jobs, robustness
+from sharprl.study_cli import register
+
+
+def _counting_job(out_dir: str, fail_times: int = 0) -> dict:
+    """Counts its calls in out_dir/calls; fails the first ``fail_times`` calls."""
+    calls = Path(out_dir) / "calls"
+    n = int(calls.read_text()) + 1 if calls.is_file() else 1
+    calls.write_text(str(n))
+    if n <= fail_times:
+        raise RuntimeError(f"planned failure {n}")
+    return {"calls": n}
+
+
+jobs.register_kind("test-count", _counting_job)
+
+
+def _calls(job: jobs.Job) -> int:
+    return int((Path(job.out_dir) / "calls").read_text())
+
+
+def test_failed_job_is_reported_and_retried_once_then_finished_jobs_are_skipped(tmp_path):
+    ok = jobs.make_job("ok", "test-count", tmp_path / "ok")
+    flaky = jobs.make_job("flaky", "test-count", tmp_path / "flaky", fail_times=1)
+    broken = jobs.make_job("broken", "test-count", tmp_path / "broken", fail_times=5)
+    log: list[str] = []
+    out = jobs.run_jobs([ok, flaky, broken], executor="local", log=log.append)
+    assert [o.status for o in out] == ["done", "done", "failed"]
+    assert [o.attempts for o in out] == [1, 2, 2]
+    assert out[1].errors == ("RuntimeError: planned failure 1",)
+    assert len(out[2].errors) == 2 and [o.job.name for o in jobs.failures(out)] == ["broken"]
+    assert any(line.startswith("[fail] flaky attempt 1") for line in log)
+    assert not broken.result_path.exists()
+    again = jobs.run_jobs([ok, flaky, broken], executor="local", log=log.append)
+    assert [o.status for o in again] == ["skipped", "skipped", "failed"]
+    assert (_calls(ok), _calls(flaky), _calls(broken)) == (1, 2, 4)  # finished jobs never rerun
+    assert again[0].result["calls"] == 1
+
+
+def test_bad_executor_and_duplicate_names(tmp_path):
+    job = jobs.make_job("a", "test-count", tmp_path / "a")
+    with pytest.raises(Exception, match="unknown executor"):
+        jobs.run_jobs([job], executor="dask")
+    with pytest.raises(Exception, match="duplicate job names"):
+        jobs.run_jobs([job, job], executor="local")
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study")
+    app = typer.Typer()
+    register(app)
+    result = CliRunner().invoke(app, ["reproduce", "--budget", "tiny", "--out", str(out), "--executor", "local"])
+    return app, out, result
+
+
+def test_reproduce_tiny_writes_the_report_with_three_judged_claims(tiny_study):
+    _, out, result = tiny_study
+    assert result.exit_code == 0, result.output
+    report = (out / "report.md").read_text()
+    claims = (out / "claims.md").read_text().splitlines()[2:]
+    assert len(claims) == 3 and all(("held" in c) for c in claims) and "not measured" not in "".join(claims)
+    for name in ("robustness_action_noise", "robustness_friction", "robustness_grid", "rho_sweep", "landscape_1d",
+                 "learning_env_steps"):  # fmt: skip
+        assert (out / "cartpole" / f"{name}.png").is_file(), name
+        assert f"cartpole/{name}.png" in report
+    assert "rho=0 (shac)" in report and "rho=0.1" in report
+
+
+def test_reproduce_again_resumes_and_reruns_nothing(tiny_study):
+    app, out, _ = tiny_study
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("result.json")}
+    result = CliRunner().invoke(app, ["reproduce", "--budget", "tiny", "--out", str(out), "--executor", "local"])
+    assert result.exit_code == 0, result.output
+    assert "[start]" not in result.output and result.output.count("[skip]") == len(before)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("result.json")} == before
+
+
+def test_rho_sweep_reuses_the_study_runs(tiny_study):
+    app, out, _ = tiny_study
+    args = ["rho-sweep", "--env", "cartpole", "--rhos", "0.5,0.1", "--env-steps", "512", "--noise", "0.25"]
+    result = CliRunner().invoke(app, args + ["--out", str(out), "--executor", "local"])
+    assert result.exit_code == 0, result.output
+    assert "[start]" not in result.output
+    rows = (out / "cartpole" / "rho_sweep.csv").read_text().splitlines()
+    assert rows[0] == "rho,nominal_return,noisy_return,action_noise" and len(rows) == 4
+
+
+def test_ray_runs_a_real_job_with_the_same_numbers_as_in_process(tiny_study, tmp_path):
+    """Ray is the default executor: a local instance runs one robustness job on the tiny study's SHAC run."""
+    _, out, _ = tiny_study
+    run_dir = out / "runs" / "cartpole" / "shac" / "seed0"
+    spec = robustness.SweepSpec((0.0, 0.2), (1.0,), (1.0,), (0.0,), (1.0,), episodes=2, seed=3, episode_length=20)
+    spec_json = json.dumps(dataclasses.asdict(spec))
+    job = jobs.make_job("ray-robustness", "robustness", tmp_path / "job", run_dir=str(run_dir), spec=spec_json)
+    (outcome,) = jobs.run_jobs([job], max_parallel=1, log=lambda line: None)
+    assert outcome.status == "done" and outcome.attempts == 1
+    local = robustness.evaluate_run(run_dir, spec)
+    for remote_point, local_point in zip(outcome.result["points"], local["points"]):
+        assert remote_point["returns"] == pytest.approx(local_point["returns"], rel=1e-5)
+    import ray
+
+    assert not ray.is_initialized()  # the instance started for the call was shut down
