@@ -6,9 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from sharprl.errors import SharprlError
 
 from sharprl import checkpoint, networks
+from sharprl.errors import SharprlError
 
 SPEC = networks.PolicySpec(observation_size=5, action_size=2, hidden_sizes=(8, 4))
 

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from sharprl.errors import SharprlError
 
 from sharprl import sharpness
+from sharprl.errors import SharprlError
 
 A = jnp.array([[3.0, 0.5], [0.5, 1.0]])  # positive-definite Hessian of the quadratic
 

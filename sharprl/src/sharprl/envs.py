@@ -38,6 +38,7 @@ DEFAULT_BACKEND: dict[str, str] = {
     "cartpole": "spring",
 }
 TASKS = tuple(DEFAULT_BACKEND)
+_ENV_CACHE: dict[tuple[str, str], PipelineEnv] = {}
 ACTION_LOW = -1.0  # every task's actions are in [ACTION_LOW, ACTION_HIGH]
 ACTION_HIGH = 1.0
 
@@ -177,6 +178,9 @@ def make_task(
         raise SharprlError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     if episode_length < 1:
         raise SharprlError(f"episode length must be >= 1, got {episode_length}")
-    env = brax.envs.get_environment(name, backend=backend)
+    key = (name, backend)
+    if key not in _ENV_CACHE:  # one env object per (task, backend): compiled functions can be reused
+        _ENV_CACHE[key] = brax.envs.get_environment(name, backend=backend)
+    env = _ENV_CACHE[key]
     task = Task(name, backend, env, env, Perturbation(), episode_length)
     return task.perturbed(perturbation or Perturbation())

@@ -166,6 +166,7 @@ def _gaussian_factory(spec: PolicySpec) -> tuple[MakePolicy, Callable[[jax.Array
 
 PolicyFactory = Callable[[PolicySpec], tuple[MakePolicy, Callable[[jax.Array], Params]]]
 _FACTORIES: dict[str, PolicyFactory] = {GAUSSIAN_KIND: _gaussian_factory}
+_BUILT: dict[tuple[PolicyFactory, PolicySpec], tuple[MakePolicy, Callable[[jax.Array], Params]]] = {}
 
 
 def register_policy_kind(kind: str, factory: PolicyFactory) -> None:
@@ -180,7 +181,10 @@ def policy_factory(spec: PolicySpec) -> tuple[MakePolicy, Callable[[jax.Array], 
     """``(make_policy, init_params)`` for a spec; SharprlError for an unknown kind."""
     if spec.kind not in _FACTORIES:
         raise SharprlError(f"unknown policy kind {spec.kind!r}: known kinds are {sorted(_FACTORIES)}")
-    return _FACTORIES[spec.kind](spec)
+    key = (_FACTORIES[spec.kind], spec)
+    if key not in _BUILT:  # the same make_policy object per spec, so compiled evaluations are reused
+        _BUILT[key] = _FACTORIES[spec.kind](spec)
+    return _BUILT[key]
 
 
 def registered_kinds() -> tuple[str, ...]:

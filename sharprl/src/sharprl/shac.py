@@ -263,6 +263,18 @@ class Learner:
         return new, metrics
 
 
+_LEARNERS: dict[tuple, Learner] = {}
+
+
+def learner_for(config: SHACConfig, task: Task) -> Learner:
+    """A Learner, shared by calls with the same config (seed aside) and task, so jitted code is reused."""
+    key = (dataclasses.replace(config, seed=0), id(task.env), task.episode_length, task.perturbation)
+    hit = _LEARNERS.get(key)
+    if hit is None or hit.task.env is not task.env:
+        hit = _LEARNERS[key] = Learner(dataclasses.replace(config, seed=0), task)
+    return hit
+
+
 def _tree_finite(tree) -> jax.Array:
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
@@ -312,7 +324,7 @@ def train(
     written every ``checkpoint_every_epochs`` epochs and at the end; ``resume=True`` continues from
     the last checkpoint there (the metrics rows after it are dropped and recomputed).
     """
-    learner = Learner(config, task)
+    learner = learner_for(config, task)
     state = learner.init(jax.random.PRNGKey(config.seed))
     rows: list[dict[str, Any]] = []
     wall_offset_s = 0.0

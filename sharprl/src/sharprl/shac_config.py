@@ -40,7 +40,7 @@ class SHACConfig:
     normalize_observations: bool = True  # running mean/std observation normalisation
     episode_length: int = 1000  # time limit; truncated episodes bootstrap from the target critic
     sharpness: str | None = None  # None (SHAC), "sam" or "asam" on the actor update
-    rho: float = 0.05  # radius of the sharpness-aware ascent step
+    rho: float = 0.05  # radius of the ascent step (preset(): 0.05 for SAM, 0.5 for ASAM, Kwon et al.'s defaults)
     asam_eta: float = 0.01  # ASAM's T = |theta| + eta
     critic_sharpness: bool = False  # also apply the same SAM/ASAM step to critic updates
     eval_every_epochs: int = 50  # deterministic evaluation cadence (0: only at the end)
@@ -111,8 +111,7 @@ def preset(
     if algo not in ALGOS:
         raise SharprlError(f"unknown SHAC algorithm {algo!r}: expected one of {', '.join(ALGOS)}")
     cfg = dataclasses.replace(PRESETS[env], sharpness=None if algo == "shac" else algo.split("-")[1], seed=seed)
-    if rho is not None:
-        cfg = dataclasses.replace(cfg, rho=rho)
+    cfg = dataclasses.replace(cfg, rho=rho if rho is not None else (0.5 if algo == "shac-asam" else 0.05))
     if env_steps is not None:
         if env_steps < cfg.env_steps_per_epoch:
             raise SharprlError(f"--env-steps {env_steps} is less than one epoch ({cfg.env_steps_per_epoch} steps)")

@@ -1,0 +1,178 @@
+"""sharprl command line (typer). Every user error prints one line and exits with code 2."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from sharprl.errors import SharprlError
+from sharprl.study_cli import register as register_study_commands
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Sharpness-aware first-order policy learning.")
+
+TRAIN_ALGOS = ("shac", "shac-sam", "shac-asam", "apg", "ppo")
+
+
+def enable_compilation_cache() -> None:
+    """Persist XLA compilations across runs (SHARPRL_JAX_CACHE=dir, or 'off'); Brax graphs compile slowly."""
+    import jax
+
+    where = os.environ.get("SHARPRL_JAX_CACHE", str(Path.home() / ".cache" / "sharprl" / "jax"))
+    if where.lower() == "off":
+        return
+    jax.config.update("jax_compilation_cache_dir", where)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
+
+
+def user_errors(fn):
+    """Turn SharprlError into one line on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except SharprlError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:,.1f}" if isinstance(value, float) and math.isfinite(value) else "-"
+
+
+@app.command()
+@user_errors
+def train(
+    env: Annotated[str, typer.Option(help="ant, humanoid, hopper, halfcheetah, cartpole (tiny)")] = "ant",
+    algo: Annotated[str, typer.Option(help="shac, shac-sam, shac-asam, apg or ppo")] = "shac",
+    rho: Annotated[float | None, typer.Option(help="SAM/ASAM ascent radius (default: the preset's)")] = None,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    env_steps: Annotated[int | None, typer.Option("--env-steps", help="training env steps (default: preset)")] = None,
+    out: Annotated[Path, typer.Option(help="run directory: metrics.csv and checkpoint.msgpack")] = Path("runs/run"),
+    resume: Annotated[bool, typer.Option("--resume", help="continue OUT from its checkpoint")] = False,
+    backend: Annotated[str | None, typer.Option(help="Brax backend (default: the task's sound-gradient one)")] = None,
+    episode_length: Annotated[int, typer.Option(help="episode time limit in steps")] = 1000,
+    quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar (one line per evaluation instead)")] = False,
+) -> None:
+    """Train a policy; metrics go to OUT/metrics.csv, checkpoints to OUT/checkpoint.msgpack."""
+    from sharprl.envs import make_task
+
+    if algo not in TRAIN_ALGOS:
+        raise SharprlError(f"unknown --algo {algo!r}: expected one of {', '.join(TRAIN_ALGOS)}")
+    enable_compilation_cache()
+    task = make_task(env, backend, episode_length=episode_length)
+    if algo.startswith("shac"):
+        from sharprl import shac
+        from sharprl.shac_config import preset
+
+        config = preset(env, algo, rho=rho, seed=seed, env_steps=env_steps, episode_length=episode_length)
+        total = config.epochs * config.env_steps_per_epoch
+    else:
+        from sharprl import baselines
+
+        if env_steps is None:
+            raise SharprlError("--env-steps is required for apg and ppo")
+        total = env_steps
+    with _progress(total, f"{algo} on {env} ({task.backend})", quiet) as on_row:
+        if algo.startswith("shac"):
+            shac.train(config, task, on_row, run_dir=out, resume=resume)
+        else:
+            baselines.train(algo, task, out, env_steps, seed=seed, resume=resume, on_row=on_row)
+    rows = _read_rows(out)
+    last_eval = next((r for r in reversed(rows) if r.get("eval_return") not in ("", None)), None)
+    summary = f"eval return {float(last_eval['eval_return']):,.1f}" if last_eval else "no evaluation"
+    typer.echo(f"done: {out} ({summary})")
+
+
+def _read_rows(out: Path) -> list[dict[str, str]]:
+    from sharprl.checkpoint import read_metrics
+
+    return read_metrics(out)
+
+
+class _progress:
+    """Rich progress bar fed with metrics rows (env_steps, train/eval return, steps/s)."""
+
+    def __init__(self, total: int, title: str, quiet: bool):
+        self.total, self.title, self.quiet = total, title, quiet
+
+    def __enter__(self):
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed:,.0f}/{task.total:,.0f} steps"),
+            TextColumn("return {task.fields[ret]}"),
+            TextColumn("{task.fields[sps]} steps/s"),
+            TimeElapsedColumn(),
+            disable=self.quiet,
+        )
+        self.bar.start()
+        self.job = self.bar.add_task(self.title, total=self.total, ret="-", sps="-")
+        return self.on_row
+
+    def on_row(self, row: dict[str, Any]) -> None:
+        ret = row.get("eval_return")
+        ret = ret if isinstance(ret, float) else row.get("train_return")
+        self.bar.update(self.job, completed=row["env_steps"], ret=_fmt(ret), sps=_fmt(row.get("steps_per_s")))
+        if self.quiet and isinstance(row.get("eval_return"), float):
+            typer.echo(f"{row['env_steps']} env steps, {row['wall_s']} s: eval return {row['eval_return']:.1f}")
+
+    def __exit__(self, *exc) -> None:
+        self.bar.stop()
+
+
+@app.command()
+@user_errors
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory written by `sharprl train`")],
+    episodes: Annotated[int, typer.Option(help="episodes (run in parallel)")] = 16,
+    action_noise: Annotated[float, typer.Option(help="Gaussian action noise std, fraction of the action range")] = 0.0,
+    friction: Annotated[float, typer.Option(help="contact friction scale")] = 1.0,
+    mass: Annotated[float, typer.Option(help="body mass scale")] = 1.0,
+    gravity: Annotated[float, typer.Option(help="gravity scale")] = 1.0,
+    seed: Annotated[int, typer.Option(help="evaluation seed (same seed, same numbers)")] = 0,
+    stochastic: Annotated[bool, typer.Option("--stochastic", help="sample actions instead of the mean")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Mean and std of the episode return of a trained policy, optionally perturbed."""
+    from sharprl import checkpoint
+    from sharprl.envs import Perturbation, make_task
+    from sharprl.evaluate import evaluate as run_evaluation
+
+    enable_compilation_cache()
+    loaded = checkpoint.load_policy(run_dir)
+    meta = loaded.meta
+    task = make_task(meta["env"], meta["backend"], episode_length=int(meta.get("episode_length", 1000)))
+    pert = Perturbation(action_noise, friction, mass, gravity)
+    res = run_evaluation(loaded.make_policy, loaded.params, task, pert, episodes, seed, deterministic=not stochastic)
+    if as_json:
+        out = res.to_json()
+        out.update(run_dir=str(run_dir), algo=meta.get("algo"), env=meta["env"], env_steps=meta.get("env_steps"))
+        typer.echo(json.dumps(out))
+    else:
+        typer.echo(
+            f"{meta.get('algo')} on {meta['env']} ({meta['backend']}), {meta.get('env_steps')} env steps: "
+            f"return {res.mean_return:.1f} +- {res.std_return:.1f} over {episodes} episodes "
+            f"(mean length {res.mean_length:.0f}; noise {action_noise}, friction {friction}, mass {mass})"
+        )
+
+
+register_study_commands(app)  # robustness, rho-sweep, sharpness, reproduce (sharprl.study_cli)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""SHAC on a tiny differentiable toy task: learning, SAM's same-start gradient, non-finite skips."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from toy_env import toy_task
+
+from sharprl import checkpoint, shac
+from sharprl.evaluate import evaluate
+from sharprl.shac_config import SHACConfig, preset
+
+TOY = SHACConfig(
+    num_envs=16, horizon=8, epochs=40, actor_hidden=(16,), critic_hidden=(16,), actor_lr=1e-2, critic_lr=1e-2,
+    critic_iterations=2, critic_minibatches=2, episode_length=50, eval_every_epochs=0, eval_episodes=4,
+    checkpoint_every_epochs=5,
+)  # fmt: skip
+
+
+def _leaves_equal(a, b) -> bool:
+    return all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_learning_raises_the_return_on_an_easy_task():
+    task = toy_task()
+    learner = shac.learner_for(TOY, task)
+    state = learner.init(jax.random.PRNGKey(0))
+    before = evaluate(learner.make_policy, learner.policy_params(state), task, episodes=16, seed=0).mean_return
+    critic_losses = []
+    for _ in range(TOY.epochs):
+        state, m = learner.epoch_fn(state)
+        critic_losses.append(float(m["critic_loss"]))
+    after = evaluate(learner.make_policy, learner.policy_params(state), task, episodes=16, seed=0).mean_return
+    assert int(state.skipped_actor) == 0 and int(state.epoch) == TOY.epochs
+    assert before < 0 and after > 0.5 * before, (before, after)  # return = -sum |pos|^2: at least halved
+    assert np.mean(critic_losses[-5:]) < np.mean(critic_losses[:5]), critic_losses
+
+
+def test_sam_second_gradient_uses_the_same_starts_keys_and_statistics():
+    task = toy_task()
+    cfg = dataclasses.replace(TOY, sharpness="sam", rho=0.1)
+    learner = shac.Learner(cfg, task)  # a private instance: its rollout loss gets instrumented
+    calls = []
+
+    def record(start_obs, reset_obs, rng, norm_mean, target_leaf, actor_leaves):
+        calls.append([np.asarray(x) for x in (start_obs, reset_obs, rng, norm_mean, target_leaf)] + [actor_leaves])
+
+    original = learner.rollout_loss
+
+    def instrumented(actor_params, state, reset_states, rng):
+        flat = jnp.concatenate([x.ravel() for x in jax.tree.leaves(actor_params)])
+        jax.debug.callback(
+            lambda *a: record(*a[:5], np.asarray(a[5])), state.env_state.obs, reset_states.obs, rng,
+            state.normalizer.mean, jax.tree.leaves(state.target_critic_params)[0], flat,
+        )  # fmt: skip
+        return original(actor_params, state, reset_states, rng)
+
+    learner.rollout_loss = instrumented
+    state = learner.init(jax.random.PRNGKey(1))
+    for _ in range(2):  # the second epoch has non-trivial normaliser statistics
+        state, m = learner.epoch_fn(state)
+    assert len(calls) == 4  # two loss evaluations per epoch: at theta and at theta + eps
+    for first, second in (calls[0:2], calls[2:4]):
+        for a, b in zip(first[:5], second[:5]):
+            np.testing.assert_array_equal(a, b)
+        assert np.isclose(np.linalg.norm(second[5] - first[5]), 0.1, rtol=1e-3)  # ||eps|| = rho
+    assert not np.array_equal(calls[0][0], calls[2][0])  # the next epoch starts elsewhere
+
+
+def test_sam_leaves_the_critic_and_normaliser_as_plain_shac_does():
+    task = toy_task()
+    plain, sam = shac.learner_for(TOY, task), shac.learner_for(dataclasses.replace(TOY, sharpness="asam"), task)
+    s0 = plain.init(jax.random.PRNGKey(2))
+    s_plain, _ = plain.epoch_fn(s0)
+    s_sam, _ = sam.epoch_fn(dataclasses.replace(s0, actor_opt_state=sam.actor_opt.init(s0.actor_params)))
+    assert _leaves_equal(s_plain.critic_params, s_sam.critic_params)
+    assert _leaves_equal(s_plain.normalizer, s_sam.normalizer)
+    assert _leaves_equal(s_plain.env_state.obs, s_sam.env_state.obs)
+    assert not _leaves_equal(s_plain.actor_params, s_sam.actor_params)
+
+
+def test_non_finite_gradient_skips_the_update_and_is_reported(tmp_path):
+    cfg = dataclasses.replace(TOY, horizon=4, epochs=4, checkpoint_every_epochs=2)
+    task = toy_task(episode_length=1000, poison_step=6)  # the 6th step falls in epoch 2
+    _, params, rows = shac.train(cfg, task, run_dir=tmp_path)
+    assert [r["skipped_actor"] for r in rows] == [0, 1, 1, 1]
+    assert np.isnan(rows[1]["grad_norm"]) and np.isfinite(rows[2]["grad_norm"])
+    saved = checkpoint.load_policy(tmp_path)
+    assert checkpoint.all_finite(saved.params) and _leaves_equal(saved.params, params)
+    assert [r["skipped_actor"] for r in checkpoint.read_metrics(tmp_path)] == ["0", "1", "1", "1"]
+
+
+def test_presets_hold_the_reference_ant_settings():
+    cfg = preset("ant", "shac-asam", seed=3, env_steps=1_000_000)
+    assert (cfg.num_envs, cfg.horizon, cfg.actor_hidden, cfg.critic_hidden) == (64, 32, (128, 64, 32), (64, 64))
+    assert (cfg.actor_lr, cfg.critic_lr, cfg.adam_b1, cfg.adam_b2, cfg.grad_norm_clip) == (2e-3, 2e-3, 0.7, 0.95, 1.0)
+    assert (cfg.gamma, cfg.td_lambda, cfg.critic_iterations, cfg.episode_length) == (0.99, 0.95, 16, 1000)
+    assert (cfg.sharpness, cfg.rho, cfg.seed, cfg.epochs) == ("asam", 0.5, 3, 488)
+    assert preset("ant", "shac-sam").rho == 0.05 and preset("ant").sharpness is None

@@ -1,0 +1,42 @@
+"""A tiny differentiable environment (not Brax) for the fast SHAC unit tests.
+
+A damped point mass in ``dim`` dimensions pushed by the action; reward ``-|position|^2``. With
+``poison_step`` set, the step taken at that episode time has a finite value but a non-finite
+gradient (``sqrt`` at 0), to exercise the skip of non-finite updates. ``calls`` counts traces.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from brax.envs.base import State
+
+from sharprl.envs import Perturbation, Task
+
+
+class PointMass:
+    def __init__(self, dim: int = 2, poison_step: int = -1):
+        self.dim, self.poison_step = dim, poison_step
+        self.observation_size, self.action_size = 2 * dim, dim
+
+    def reset(self, rng: jax.Array) -> State:
+        pos = jax.random.uniform(rng, (self.dim,), minval=-1.0, maxval=1.0)
+        obs = jnp.concatenate([pos, jnp.zeros(self.dim)])  # (2 dim,)
+        zero = jnp.zeros(())
+        return State(None, obs, zero, zero, {}, {"t": jnp.zeros((), jnp.int32)})
+
+    def step(self, state: State, action: jax.Array) -> State:
+        pos, vel = state.obs[: self.dim], state.obs[self.dim :]
+        vel = 0.9 * vel + 0.1 * action
+        pos = pos + 0.1 * vel
+        t = state.info["t"] + 1
+        poison = t == self.poison_step
+        x = jnp.where(poison, jnp.sum(action) * 0.0, 1.0)
+        reward = -jnp.sum(pos**2) + jnp.sqrt(x) - 1.0  # value unchanged, gradient NaN when poisoned
+        done = jnp.where(jnp.sum(pos**2) > 25.0, 1.0, 0.0)
+        return state.replace(obs=jnp.concatenate([pos, vel]), reward=reward, done=done, info={"t": t})
+
+
+def toy_task(episode_length: int = 50, poison_step: int = -1) -> Task:
+    env = PointMass(poison_step=poison_step)
+    return Task("toy", "none", env, env, Perturbation(), episode_length)
