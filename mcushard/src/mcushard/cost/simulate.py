@@ -10,13 +10,15 @@ Latency is the last chip's clock. Per chip, compute + memory stall + communicati
 per block, latency is how far the step frontier (the latest clock) advanced while running the
 block's steps, so blocks add up to the total too. Energy = dynamic (MACs, bytes per memory level,
 link bytes) + static power (every chip's SoC, memory leakage, powered links) over the latency.
-Pipelined plans in prompt mode stream one micro-batch per stage through the stages.
+Pipelined plans in prompt mode stream one micro-batch per stage through the stages. The head
+(final norm, classifier, argmax) runs for the last position only: that is the token a prompt
+produces.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from mcushard.cost.collectives import add_rate, allreduce_cost, hop_table, link_key
 from mcushard.cost.compute import compute_energy_j, compute_time_s
@@ -126,7 +128,9 @@ def _work_cost(kernel, w, homes, cp, chip, levels, plan: Plan, wl: Workload, tok
 def simulate(plan: Plan, hw: HardwareSpec, wl: Workload, placement: Placement | None = None,
              trace: bool = False) -> CostReport:
     chip, link = hw.chip, hw.link
-    placement = placement or place(plan, chip, wl)
+    micro = _stages(plan) if wl.mode == "prompt" else 1
+    tokens = -(-wl.tokens // micro)
+    placement = placement or place(plan, chip, replace(wl, tokens=tokens))
     n = plan.n_chips
     levels = {lv.name: lv for lv in chip.levels}
     offchip = chip.offchip.name if chip.offchip else None
@@ -146,8 +150,6 @@ def simulate(plan: Plan, hw: HardwareSpec, wl: Workload, placement: Placement | 
     costs: list[tuple] = []  # (seconds, stall, MAC energy, ((level, bytes, energy), ...), total energy)
     uses: list[list[int]] = [[] for _ in range(n)]  # per chip: the cost index of every kernel it ran
     memo_get, cps = memo.get, placement.chips
-    micro = _stages(plan) if wl.mode == "prompt" else 1
-    tokens = -(-wl.tokens // micro)
     for _ in range(micro):
         for step in plan.steps:
             before = max(clock)
@@ -155,10 +157,11 @@ def simulate(plan: Plan, hw: HardwareSpec, wl: Workload, placement: Placement | 
             if isinstance(step, Compute):
                 attention = step.kernel == "attention"
                 kernel = step.kernel
+                n_tok = 1 if step.block == "head" else tokens  # only the last position's logits matter
                 for w in step.work:
                     c = w[0]
                     cp = cps[c]
-                    key = (kernel, w[2], w[3], w[4], w[1], id(cp))
+                    key = (kernel, w[2], w[3], w[4], w[1], id(cp), n_tok)
                     idx = memo_get(key)
                     if idx is None:
                         if step.kernel == "matmul":
@@ -168,7 +171,7 @@ def simulate(plan: Plan, hw: HardwareSpec, wl: Workload, placement: Placement | 
                         else:
                             homes = cp.home[w.tensors[0]] if w.tensors else None
                         idx = memo[key] = len(costs)
-                        costs.append(_work_cost(step.kernel, w, homes, cp, chip, levels, plan, wl, tokens))
+                        costs.append(_work_cost(step.kernel, w, homes, cp, chip, levels, plan, wl, n_tok))
                     t, t_stall, e_mac, reads, e_total = costs[idx]
                     if trace:
                         events.append((c, f"{step.block}/{step.label}", step.kernel, clock[c], t))
@@ -178,7 +181,8 @@ def simulate(plan: Plan, hw: HardwareSpec, wl: Workload, placement: Placement | 
                     uses[c].append(idx)
                     acc[1] += e_total
             elif isinstance(step, AllReduce):
-                count = int(step.elements * tokens + step.elements_per_key * tokens * wl.keys)
+                n_tok = 1 if step.block == "head" else tokens
+                count = int(step.elements * n_tok + step.elements_per_key * n_tok * wl.keys)
                 t, msgs, hb = allreduce_cost(step.algorithm, step.group, count, step.elem_bytes, lk, adds, n,
                                              hw.group_size)
                 start = max(clock[c] for c in step.group)

@@ -146,7 +146,7 @@ def llama_head(b: Builder, cfg: LlamaConfig, chips) -> None:
             b.hold(c, "output", rows, (0, cfg.dim))
         n = (rows[1] - rows[0]) * cfg.dim
         works.append(Work(c, (name,), macs=n, weight_elements=n))
-        b.use_act(c, cfg.dim + rows[1] - rows[0])
+        b.use_act(c, 2 * cfg.dim)  # the classifier kernel keeps a running (max, index), not the logits
     b.compute("head", "classifier", "matmul", works)
     b.elementwise("head", "argmax", chips, max(r[1] - r[0] for r in vocab_rows))
     # one (value, index) pair packed in 8 bytes: indivisible, so no schedule can split value from index
