@@ -238,7 +238,14 @@ def stage_blocks(cfg, b: Builder, groups: list[tuple[int, ...]]) -> None:
             else:
                 bert_tp.embed(b, cfg, chips)
         else:
-            b.send(f"layers.{lo - 1}", "residual", groups[s - 1], chips, width, elem_bytes=PSUM_BYTES)
+            sharded = not isinstance(cfg, LlamaConfig) and cfg.use_bottleneck and len(groups[s - 1]) > 1
+            if sharded and len(chips) != len(groups[s - 1]):
+                raise McushardError("MobileBERT stages of different sizes would need a re-shard (not supported)")
+            if sharded:  # MobileBERT's state is column-sharded alike in both groups: chip i -> chip i, its shard
+                for src, dst, (a, z) in zip(groups[s - 1], chips, split(width, len(chips)), strict=True):
+                    b.send(f"layers.{lo - 1}", "residual", [src], [dst], z - a, elem_bytes=PSUM_BYTES)
+            else:  # a replicated state (or one chip per stage): the whole vector
+                b.send(f"layers.{lo - 1}", "residual", groups[s - 1], chips, width, elem_bytes=PSUM_BYTES)
         if isinstance(cfg, LlamaConfig):
             llama_layers(b, cfg, range(lo, hi), chips)
         else:
