@@ -93,7 +93,7 @@ class AllReduce:
     elements: int  # vector length per token
     elements_per_key: int = 0  # additional length per (token, attended key): attention scores
     elem_bytes: int = 4  # bytes per element on the wire
-    op: ReduceOp = "sum"  # argmax: (value, index) pairs, the larger value wins
+    op: ReduceOp = "sum"  # argmax: one (value, index) pair per chip packed in 8 bytes; the larger value wins
     algorithm: str = "hierarchical"  # ring | tree | hierarchical
 
 

@@ -4,7 +4,7 @@ Per block, on a group of chips: attention by heads (Q, K, V rows of whole heads,
 columns), SwiGLU w1/w3 by rows and w2 by columns, one all-reduce after O and one after w2; norms and
 residuals replicated; each chip caches K/V of its own heads only. Embedding and classifier are split
 by vocabulary rows; the token lookup is an all-reduce of zero-padded rows, the head ends with an
-argmax all-reduce (value, index). Uneven splits give the first chips one more head / row.
+argmax all-reduce of one packed (value, index). Uneven splits give the first chips one more head / row.
 
 More chips than KV heads (GQA with N > n_kv_heads, or the paper's scaled TinyLlama on 64 chips with
 8 heads): each KV group (one K/V head and its n_rep query heads) gets a set of chips that split the
