@@ -82,3 +82,18 @@ def test_exact_matmul_f64():
     big = np.full((1, 2**12), 2**21)
     with pytest.raises(McushardError, match="2\\^53"):
         exact_matmul_f64(big, big.T)
+
+
+@pytest.mark.parametrize("x_bits", [12, 16])
+def test_threaded_split_is_exact(x_bits, monkeypatch):
+    from mcushard.runtime import kernels
+
+    rng = np.random.default_rng(x_bits)
+    w = rng.integers(-128, 128, size=(600, 1000), dtype=np.int8)  # 600k weights: split over two threads
+    x = rng.integers(-(2 ** (x_bits - 1)), 2 ** (x_bits - 1), size=(1000, 3))
+    lin = ExactLinear(w, x_bits)
+    assert lin.out * lin.k >= kernels.PARALLEL_MIN_WEIGHTS and lin.n_chunks > 1
+    threaded = lin(x)
+    monkeypatch.setattr(kernels, "THREADS", [1])
+    assert np.array_equal(threaded, lin(x))
+    assert np.array_equal(threaded, int64_matmul(w, x))

@@ -18,6 +18,8 @@ An MCU computes the same integers with 8/16-bit SIMD multiply-accumulate into 32
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from mcushard.errors import McushardError
@@ -73,13 +75,33 @@ class ExactLinear:
         if xp is None:  # one zero-padded input buffer per batch size, reused across calls
             xp = self._buffers[n] = np.zeros((n, self.k_padded), self.dtype)  # [n, K padded]
         xp[:, : self.k] = xt
-        if self.n_chunks == 1:
+        if self.n_chunks == 1:  # a plain product (BLAS threads it as it sees fit)
             y = (xp @ self.wt[0]).astype(np.int64)  # [n, out]
         else:
             chunks = xp.reshape(n, self.n_chunks, self.k_chunk).transpose(1, 0, 2)  # [chunks, n, k_chunk]
-            parts = np.matmul(chunks, self.wt)  # [chunks, n, out], each exact in float32
-            y = parts.sum(axis=0, dtype=np.float64).astype(np.int64)  # [n, out]
+            if THREADS[0] > 1 and self.out * self.k >= PARALLEL_MIN_WEIGHTS:  # BLAS releases the GIL
+                cut = self.n_chunks // 2
+                halves = _pool().map(lambda c: _chunk_sum(chunks[c], self.wt[c]), (slice(0, cut), slice(cut, None)))
+                y = sum(halves).astype(np.int64)  # [n, out]
+            else:
+                y = _chunk_sum(chunks, self.wt).astype(np.int64)  # [n, out]
         return y[0] if x.ndim == 1 else y.T
+
+
+def _chunk_sum(chunks: np.ndarray, wt: np.ndarray) -> np.ndarray:
+    """chunks [c, n, k_chunk] @ wt [c, k_chunk, out], each product exact in float32, added in float64 -> [n, out]."""
+    return np.matmul(chunks, wt).sum(axis=0, dtype=np.float64)
+
+
+THREADS = [2]  # threads that split a chunked product (two halves of the chunks); [1] = none
+PARALLEL_MIN_WEIGHTS = 1 << 18  # smaller matrices are not worth a thread hand-off
+_POOL: list[ThreadPoolExecutor] = []
+
+
+def _pool() -> ThreadPoolExecutor:
+    if not _POOL:
+        _POOL.append(ThreadPoolExecutor(max_workers=2, thread_name_prefix="exact-linear"))
+    return _POOL[0]
 
 
 def exact_matmul_f64(a: np.ndarray, b: np.ndarray, a_max: int | None = None, b_max: int | None = None
