@@ -110,9 +110,11 @@ def head_layout(n_kv: int, head_dim: int, chips) -> list[list[tuple[int, int, in
         return [[(g, 0, head_dim) for g in range(a, b)] for a, b in split(n_kv, n)]
     pieces: list[list[tuple[int, int, int]]] = []
     for g, (a, b) in enumerate(split(n, n_kv)):
-        if b - a > head_dim // 2:
-            raise McushardError(f"{n} chips: more than {head_dim // 2} chips per head cannot split head_dim {head_dim}")
-        pieces += [[(g, d0, d1)] for d0, d1 in split_even(head_dim, b - a)]
+        most = head_dim // 2 if head_dim % 2 == 0 else head_dim  # RoPE pairs stay together
+        if b - a > most:
+            raise McushardError(f"{n} chips: more than {most} chips per head cannot split head_dim {head_dim}")
+        halves = split_even(head_dim, b - a) if head_dim % 2 == 0 else split(head_dim, b - a, "head dims")
+        pieces += [[(g, d0, d1)] for d0, d1 in halves]
     return pieces
 
 
