@@ -60,7 +60,7 @@ bert_cfgs = st.builds(
         intra_bottleneck_size=heads * hd if mobile else 0, num_feedforward_networks=ffns if mobile else 1,
         normalization="no_norm" if mobile else "layer_norm", trigram_input=mobile,
         key_query_shared_bottleneck=mobile, name="hyp-bert"),
-    heads=st.integers(1, 4), hd=st.sampled_from([4, 8]), inter=st.integers(8, 40), layers=st.integers(1, 2),
+    heads=st.integers(1, 4), hd=st.sampled_from([3, 4, 8]), inter=st.integers(8, 40), layers=st.integers(1, 2),
     mobile=st.booleans(), ffns=st.integers(1, 4))
 
 
