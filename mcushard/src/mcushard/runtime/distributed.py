@@ -111,12 +111,13 @@ class DistributedLlama:
 class RunReport:
     """Outcome of `run_plan`: tokens, speed, and what the chips counted."""
 
-    tokens: list[int]  # generated token ids (the start token excluded)
+    tokens: list[int]  # generated token ids (the start token excluded); an encoder's input ids
     tokens_per_s: float  # decode steps per second of wall time in the chip cluster
     held: list[dict[str, int]]  # per chip: ChipProgram.held() counts
     link_bytes: dict[Link, float]  # (src, dst) -> mean payload bytes per token
     per_step_link_bytes: list[dict[Link, int]]  # per decode step: (src, dst) -> bytes
     cost_model_match: bool  # per step and link, the bytes equal what the cost model charges
+    extra: tuple[str, ...] = ()  # further summary lines
 
 
 def cost_model_link_bytes(plan: Plan, hw, pos: int) -> dict[Link, int]:
@@ -151,9 +152,10 @@ def format_summary(plan: Plan, report: RunReport) -> str:
         lines.append(f"  chip {c}: {h['int8_bytes'] + h['int16_bytes']:>10,} weight bytes "
                      f"({h['weight_elements']:,} weight elements, the plan's {plan.bytes_held(c):,}); "
                      f"{h['const_bytes']:,} constant bytes")
-    lines.append("bytes per link per token (mean over the run):" if report.link_bytes else "no links used")
+    lines.append("bytes per link per step (a decoded token, or an encoder forward), mean over the run:"
+                 if report.link_bytes else "no links used")
     for (s, d), b in report.link_bytes.items():
         lines.append(f"  {s} -> {d}: {b:,.1f}")
     lines.append("link bytes equal the cost model's, every token and link: "
                  + ("yes" if report.cost_model_match else "NO"))
-    return "\n".join(lines)
+    return "\n".join(lines + list(report.extra))
