@@ -36,6 +36,15 @@ GOLDEN = {
 }
 
 
+def test_golden_numbers_siracusa_hyperbus():
+    """The what-if preset: a 400 MB/s HyperBus makes the single chip 4x slower, the 8 chips no slower."""
+    hw = load_hardware("siracusa-hyperbus")
+    one, eight = _run("tinyllama-42m", 1, scope="blocks", hw=hw), _run("tinyllama-42m", 8, scope="blocks", hw=hw)
+    assert one.latency_s == pytest.approx(0.05240512641975308, rel=1e-9)
+    assert one.energy_j == pytest.approx(0.0019449822899753084, rel=1e-9)
+    assert eight.latency_s == pytest.approx(_run("tinyllama-42m", 8, scope="blocks").latency_s, rel=1e-12)
+
+
 @pytest.mark.parametrize("key", list(GOLDEN))
 def test_golden_numbers_siracusa(key):
     r = _run(*key)

@@ -28,8 +28,9 @@ def test_siracusa_published_numbers():
     assert "siracusa" in preset_names()
 
 
-def test_every_number_in_the_preset_states_its_source():
-    text = (Path(__file__).parents[1] / "src/mcushard/hardware/presets/siracusa.yaml").read_text()
+@pytest.mark.parametrize("preset", preset_names())
+def test_every_number_in_a_preset_states_its_source(preset):
+    text = (Path(__file__).parents[1] / f"src/mcushard/hardware/presets/{preset}.yaml").read_text()
     for line in text.splitlines():
         body = line.split("#")[0]
         if ":" in body and body.split(":", 1)[1].strip() not in ("", "true", "false") and "name" not in body:
@@ -75,3 +76,26 @@ def test_malformed_yaml(text, problem):
 def test_unknown_preset_or_missing_file():
     with pytest.raises(McushardError, match="neither a hardware preset"):
         load_hardware("no-such-chip")
+
+
+def test_extends_overrides_only_the_given_fields(tmp_path):
+    path = tmp_path / "fast.yaml"
+    path.write_text("extends: siracusa\nname: fast\nlink: {bandwidth_bytes_per_s: 1.0e+10}\n"
+                    "chip: {levels: [{name: L2, size_bytes: 4194304}]}\n")
+    hw, base = load_hardware(str(path)), load_hardware("siracusa")
+    assert hw.name == "fast" and hw.link.bandwidth_bytes_per_s == 1e10
+    assert hw.link.latency_s == base.link.latency_s
+    assert hw.chip.working.size_bytes == 4 * 2**20 and hw.chip.level("MRAM") == base.chip.level("MRAM")
+    assert [lv.name for lv in hw.chip.levels] == [lv.name for lv in base.chip.levels]
+    hyper = load_hardware("siracusa-hyperbus")
+    assert hyper.chip.offchip.bandwidth_bytes_per_s == 4e8 and hyper.chip.offchip.overlaps_compute
+    assert hyper.chip.l1 == base.chip.l1
+
+
+def test_extends_errors(tmp_path):
+    loop = tmp_path / "loop.yaml"
+    loop.write_text(f"extends: {loop}\nname: loop\n")
+    with pytest.raises(McushardError, match="extends"):
+        load_hardware(str(loop))
+    with pytest.raises(McushardError, match="neither a hardware preset"):
+        parse_hardware("extends: nowhere\n", "x.yaml")

@@ -152,22 +152,55 @@ def preset_names() -> list[str]:
 
 def load_hardware(spec: str) -> HardwareSpec:
     """A preset name (see `preset_names()`) or a path to a YAML file."""
+    text, source = _read(spec)
+    return parse_hardware(text, source)
+
+
+def _read(spec: str) -> tuple[str, str]:
     if spec in preset_names():
-        resource = resources.files("mcushard.hardware") / "presets" / f"{spec}.yaml"
-        return parse_hardware(resource.read_text(), f"preset {spec}")
+        return (resources.files("mcushard.hardware") / "presets" / f"{spec}.yaml").read_text(), f"preset {spec}"
     path = Path(spec)
     if not path.is_file():
         raise McushardError(f"{spec}: neither a hardware preset ({', '.join(preset_names())}) nor a file")
-    return parse_hardware(path.read_text(), str(path))
+    return path.read_text(), str(path)
 
 
-def parse_hardware(text: str, source: str) -> HardwareSpec:
+def _load_yaml(text: str, source: str) -> dict:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise McushardError(f"{source}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise McushardError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def _merge(base, over):
+    """`over` on top of `base`: mappings merge key by key, lists of named levels merge by name."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        return {k: _merge(base[k], v) if k in base else v for k, v in over.items()} | {
+            k: v for k, v in base.items() if k not in over}
+    if isinstance(base, list) and isinstance(over, list) and all(isinstance(x, dict) and "name" in x for x in over):
+        named = {x.get("name"): x for x in over}
+        merged = [_merge(x, named.pop(x.get("name"))) if x.get("name") in named else x for x in base]
+        return merged + list(named.values())
+    return over
+
+
+def parse_hardware(text: str, source: str, _seen: tuple[str, ...] = ()) -> HardwareSpec:
+    """Validate YAML text. `extends: <preset or file>` starts from another description and overrides
+    only the fields given (memory levels are matched by name)."""
+    data = _load_yaml(text, source)
+    if "extends" in data:
+        parent = data.pop("extends")
+        if not isinstance(parent, str) or parent in _seen:
+            raise McushardError(f"{source}: field extends: must name a preset or file, without cycles")
+        base_text, base_source = _read(parent)
+        base = _load_yaml(base_text, base_source)
+        if "extends" in base:  # resolve the parent's own parent first
+            parsed = parse_hardware(base_text, base_source, _seen + (parent,))
+            base = dataclasses.asdict(parsed)
+        data = _merge(base, data)
     try:
         return HardwareSpec(**data)
     except ValidationError as exc:
