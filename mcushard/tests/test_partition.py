@@ -15,6 +15,7 @@ from mcushard.partition.plan import AllReduce, Compute, check_coverage, model_sh
 def _assert_exactly_once(plan):
     """Count, per element of every tensor, how many chips hold it: 1, or all chips for replicated."""
     shapes = model_shapes(plan.model)
+    # per tensor: [rows, cols] (1-D tensors as [rows, 1]) count of chips holding each element
     counts = {name: np.zeros(shape if len(shape) == 2 else (shape[0], 1), np.int32) for name, shape in shapes.items()}
     replicated = set()
     for shard in plan.shards:
@@ -121,7 +122,7 @@ def test_gqa_keeps_query_heads_with_their_kv_head():
 @pytest.mark.parametrize("n", [1, 7, 64])
 def test_schedules_sum_exactly(algorithm, p, n):
     rng = np.random.default_rng(p * 100 + n)
-    vectors = rng.integers(-1000, 1000, (p, n))
+    vectors = rng.integers(-1000, 1000, (p, n))  # [p chips, n elements]
     group = tuple(range(10, 10 + p))  # chips need not start at 0
     x = {c: v.copy() for c, v in zip(group, vectors)}
     for rnd in schedule(algorithm, group, n):
