@@ -158,12 +158,15 @@ def simulate(plan: Plan, hw: HardwareSpec, wl: Workload, placement: Placement | 
                 attention = step.kernel == "attention"
                 kernel = step.kernel
                 n_tok = 1 if step.block == "head" else tokens  # only the last position's logits matter
+                prev_w = prev_cp = None
+                idx = -1
                 for w in step.work:
                     c = w[0]
                     cp = cps[c]
-                    key = (kernel, w[2], w[3], w[4], w[1], id(cp), n_tok)
-                    idx = memo_get(key)
-                    if idx is None:
+                    if cp is prev_cp and w[2] == prev_w[2] and w[3] == prev_w[3] and w[4] == prev_w[4] \
+                            and w[1] == prev_w[1]:
+                        pass  # same work on an identically placed chip: same cost as the previous one
+                    elif (idx := memo_get(key := (kernel, w[2], w[3], w[4], w[1], id(cp), n_tok))) is None:
                         if step.kernel == "matmul":
                             homes = tuple((cp.home[t], held[c][t]) for t in w.tensors)
                         elif attention:
@@ -172,6 +175,7 @@ def simulate(plan: Plan, hw: HardwareSpec, wl: Workload, placement: Placement | 
                             homes = cp.home[w.tensors[0]] if w.tensors else None
                         idx = memo[key] = len(costs)
                         costs.append(_work_cost(step.kernel, w, homes, cp, chip, levels, plan, wl, n_tok))
+                    prev_w, prev_cp = w, cp
                     t, t_stall, e_mac, reads, e_total = costs[idx]
                     if trace:
                         events.append((c, f"{step.block}/{step.label}", step.kernel, clock[c], t))

@@ -195,14 +195,15 @@ def llama_layers(b: Builder, cfg: LlamaConfig, layers, chips) -> None:
     for layer in layers:
         p, blk = f"layers.{layer}.", f"layers.{layer}"
         wq, wk, wv, wo, w1, w2, w3 = (p + n for n in ("wq", "wk", "wv", "wo", "w1", "w2", "w3"))
+        t_qkv, t_wo, t_up, t_down = (wq, wk, wv), (wo,), (w1, w3), (w2,)  # shared by every chip's Work
         qkv, attn, out, up, down = [], [], [], [], []
         for c, slices, (q, kv, hid, heads) in zip(chips, geometry, sizes, strict=True):
             b.shards[c].extend(_new_slice(Slice, (p + name, rows, cols, False)) for name, rows, cols, _ in slices)
-            qkv.append(work(Work, (c, (wq, wk, wv), (q + 2 * kv) * dim, q + kv, (q + 2 * kv) * dim)))
+            qkv.append(work(Work, (c, t_qkv, (q + 2 * kv) * dim, q + kv, (q + 2 * kv) * dim)))
             attn.append(work(Work, (c, (), 2 * q, 3 * heads, 2 * kv)))
-            out.append(work(Work, (c, (wo,), q * dim, 0, q * dim)))
-            up.append(work(Work, (c, (w1, w3), 2 * hid * dim, 4 * hid, 2 * hid * dim)))
-            down.append(work(Work, (c, (w2,), hid * dim, 0, hid * dim)))
+            out.append(work(Work, (c, t_wo, q * dim, 0, q * dim)))
+            up.append(work(Work, (c, t_up, 2 * hid * dim, 4 * hid, 2 * hid * dim)))
+            down.append(work(Work, (c, t_down, hid * dim, 0, hid * dim)))
         b.replicate(chips, p + "attention_norm", dim)
         b.elementwise(blk, "attention_norm", chips, 4 * dim, (p + "attention_norm",))
         b.compute(blk, "attn.qkv+rope", "matmul", qkv)
