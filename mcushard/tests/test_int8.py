@@ -194,3 +194,12 @@ def test_schemes_cover_each_site_at_8_bits():
     for site in ("norm_bits", "qkv_bits", "att_bits", "ffn_bits", "cls_bits"):
         assert any(getattr(s, site) == 8 and s.weights == base.weights for s in SCHEMES.values())
     assert SCHEMES[DEFAULT_SCHEME].weights == "gptq"
+
+
+def test_unshared_classifier_is_quantised_on_its_own():
+    cfg = get_preset("tiny-llama-test").replace(shared_classifier=False)
+    weights = random_weights(cfg, seed=4)
+    qm = quantize_llama(cfg, weights, "w8a12-gptq")
+    assert qm.q["cls"] is not qm.q["tok_embeddings"] and "cls" in qm.errors
+    ref, got = LlamaFP32(cfg, weights).step(3, 0), I.LlamaInt8(qm).step(3, 0)
+    assert np.linalg.norm(got - ref) < 0.05 * np.linalg.norm(ref - ref.mean())
