@@ -91,3 +91,8 @@ def test_cli_quant_error_bert():
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert [r["bits"] for r in report["activations"]] == [12, 16]
+
+
+def test_cli_quant_error_bert_rejects_schemes():
+    result = CliRunner().invoke(app, ["quant-error", "tiny-bert-test", "--schemes", "w8a12-gptq"])
+    assert result.exit_code != 0 and "decoder schemes" in str(result.exception)

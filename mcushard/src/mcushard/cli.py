@@ -94,6 +94,9 @@ def quant_error(
     if isinstance(cfg, BertConfig):  # encoders: output error per activation width
         from mcushard.runtime.bert_int8 import bert_quant_error, format_bert_report
 
+        if schemes:
+            raise McushardError(f"{model}: --schemes names decoder schemes; encoders report 12- and 16-bit activations")
+
         report = bert_quant_error(cfg, weights)
         print(json.dumps(report, indent=2) if as_json else format_bert_report(report))
         return
