@@ -1,8 +1,8 @@
-"""Integer Llama decode as an MCU runs it: int8 weights, int8/int16 activations, exact integer
-accumulation, requantisation.
+"""Integer Llama decode as an MCU runs it: int8 weights, 8/12/16-bit activations (int8/int16 on the
+MCU), exact integer accumulation, requantisation.
 
 What is integer and what is not:
-- integer: every matrix product (int8 weights x int8/int16 activations, exact int64 results via
+- integer: every matrix product (int8 weights x 8/12/16-bit activations, exact int64 results via
   `kernels`), the int32 residual stream and its additions, RMSNorm (int64 sum of squares, integer
   square root, integer division to the output grid), RoPE (Q14 cos/sin tables), attention scores
   and the probability-weighted sum of V (Q15 probabilities), softmax (exp2 of a Q10 fixed-point
