@@ -56,10 +56,15 @@ SIGMOID_TABLE = np.rint((1 << SIG_FRAC) / (1.0 + np.exp(-_sig_x))).astype(np.int
 PHI_TABLE = np.rint((1 << SIG_FRAC) * 0.5 * (1.0 + np.vectorize(math.erf)(_sig_x / math.sqrt(2.0)))).astype(np.int64)
 
 
+def clamp(x: np.ndarray, limit: int) -> np.ndarray:
+    """x clipped to [-limit, limit] (np.clip's dtype checks cost more than the work on short vectors)."""
+    return np.minimum(np.maximum(x, -limit), limit)
+
+
 def requantize(acc: np.ndarray, ratio: np.ndarray | float, bits: int) -> np.ndarray:
     """round(acc * ratio) clipped to signed `bits`; acc: exact integer accumulators."""
     q = qmax(bits)
-    return np.clip(np.rint(acc * ratio), -q, q).astype(np.int64)
+    return clamp(np.rint(acc * ratio), q).astype(np.int64)
 
 
 def rmsnorm_int(x: np.ndarray, gain: np.ndarray, eps_units: int, bits: int) -> tuple[np.ndarray, float]:
@@ -86,7 +91,7 @@ def rope_int(x: np.ndarray, cos_q: np.ndarray, sin_q: np.ndarray, bits: int) -> 
     out = np.empty_like(x)
     out[:, 0::2] = (x0 * cos_q - x1 * sin_q + half) >> ROPE_FRAC
     out[:, 1::2] = (x0 * sin_q + x1 * cos_q + half) >> ROPE_FRAC
-    return np.clip(out, -qmax(bits), qmax(bits))
+    return clamp(out, qmax(bits))
 
 
 def softmax_int(scores: np.ndarray, log2_ratio: np.ndarray | float, keep: np.ndarray | None = None) -> np.ndarray:
@@ -122,7 +127,8 @@ def attention_heads(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, sco
     accumulator unit; out_ratio: [n_kv, n_rep, 1] output units per (Q15 prob x v) unit. Returns
     int64 [n_kv, n_rep, hd] at `bits`.
     """
-    scores = exact_matmul_f64(q, np.swapaxes(k_cache, 1, 2), b_max=cache_max)  # [n_kv, n_rep, T]
+    # k @ q^T reads each head's cache rows [T, hd] in place (q @ k^T would copy the cache transposed)
+    scores = np.swapaxes(exact_matmul_f64(k_cache, np.swapaxes(q, 1, 2), a_max=cache_max), 1, 2)  # [n_kv, n_rep, T]
     probs = softmax_int(scores, score_ratio * math.log2(math.e) * (1 << EXP_FRAC))  # [n_kv, n_rep, T] Q15
     out = exact_matmul_f64(probs, v_cache, a_max=1 << PROB_FRAC, b_max=cache_max)  # [n_kv, n_rep, hd]
     return requantize(out, out_ratio, bits)
@@ -132,7 +138,7 @@ def gated_q16(x: np.ndarray, table: np.ndarray) -> np.ndarray:
     """x * f(x) for a Q16 argument, Q16 result; f from a Q24 table over [-16, 16] (linear interpolation
     between entries 1/16 apart, saturating outside). x: int64 [...] -> int64 [...]."""
     step = 1 << SIG_STEP_SHIFT
-    u = np.clip(x, -SIG_RANGE << SILU_FRAC, SIG_RANGE << SILU_FRAC) + (SIG_RANGE << SILU_FRAC)
+    u = clamp(x, SIG_RANGE << SILU_FRAC) + (SIG_RANGE << SILU_FRAC)
     idx, frac = u >> SIG_STEP_SHIFT, u & (step - 1)
     lo = table[idx]
     f = lo + (((table[idx + 1] - lo) * frac + step // 2) >> SIG_STEP_SHIFT)  # Q24
@@ -156,13 +162,13 @@ def swiglu_columns(gate_acc: np.ndarray, up_acc: np.ndarray, gate_ratio: np.ndar
     gate_acc, up_acc: int64 [cols] accumulators; gate_ratio: [cols] Q16 units per gate accumulator
     unit; out_ratio: [cols] output units per (Q16 silu x up accumulator) unit. Returns int64 [cols].
     """
-    gate = np.clip(np.rint(gate_acc * gate_ratio), -GATE_CLIP, GATE_CLIP).astype(np.int64)  # Q16
+    gate = clamp(np.rint(gate_acc * gate_ratio), GATE_CLIP).astype(np.int64)  # Q16
     return requantize(silu_q16(gate) * up_acc, out_ratio, bits)
 
 
 def residual_add(x: np.ndarray, partial_sum: np.ndarray, ratio: np.ndarray) -> np.ndarray:
     """x + requantised (summed) projection output. x, partial_sum: int64 [dim]; ratio: [dim]."""
-    return np.clip(x + np.rint(partial_sum * ratio).astype(np.int64), -RES_CLIP, RES_CLIP)
+    return clamp(x + np.rint(partial_sum * ratio).astype(np.int64), RES_CLIP)
 
 
 class LlamaInt8:
@@ -230,12 +236,11 @@ class LlamaInt8:
         p, hd = f"layers.{layer}.", cfg.head_dim
         y, s_y = rmsnorm_int(x, self.qm.gain[p + "attention_norm"], self.eps_units, sch.norm_bits)
         qkv = requantize(self.lin[p + "qkv"](y), lp["qkv"] * s_y, sch.qkv_bits)  # [q_dim + 2 kv_dim]
-        q = qkv[: cfg.dim].reshape(cfg.n_heads, hd)
-        k = qkv[cfg.dim: cfg.dim + cfg.kv_dim].reshape(cfg.n_kv_heads, hd)
-        v = qkv[cfg.dim + cfg.kv_dim:].reshape(cfg.n_kv_heads, hd)
-        q = rope_int(q, self.cos_q[pos], self.sin_q[pos], sch.qkv_bits)
-        self.k_cache[layer, :, pos] = rope_int(k, self.cos_q[pos], self.sin_q[pos], sch.qkv_bits)
-        self.v_cache[layer, :, pos] = v
+        # q and k rotated together: [n_heads + n_kv, hd]
+        qk = rope_int(qkv[: cfg.dim + cfg.kv_dim].reshape(-1, hd), self.cos_q[pos], self.sin_q[pos], sch.qkv_bits)
+        q = qk[: cfg.n_heads]  # [n_heads, hd]
+        self.k_cache[layer, :, pos] = qk[cfg.n_heads:]  # [n_kv, hd]
+        self.v_cache[layer, :, pos] = qkv[cfg.dim + cfg.kv_dim:].reshape(cfg.n_kv_heads, hd)
         att = attention_heads(q.reshape(cfg.n_kv_heads, -1, hd), self.k_cache[layer, :, : pos + 1],
                               self.v_cache[layer, :, : pos + 1], lp["score"], lp["att"], sch.att_bits,
                               qmax(sch.qkv_bits))
