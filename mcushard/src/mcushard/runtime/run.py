@@ -15,6 +15,8 @@ def run_model(model: str, chips: int, strategy: str, algorithm: str, steps: int,
 
     hw = load_hardware(hardware)
     cfg, weights = load_model(model, seed)
+    if not isinstance(cfg, LlamaConfig) and strategy != "tp":
+        raise McushardError(f"{model}: encoders run with --strategy tp only, got {strategy!r}")
     plan = make_plan(cfg, chips, strategy, algorithm)
     if isinstance(cfg, LlamaConfig):
         from mcushard.runtime.distributed import format_summary, run_plan
