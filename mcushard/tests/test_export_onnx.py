@@ -13,6 +13,7 @@ from mcushard.export.onnx import export_plan, run_exported
 from mcushard.model.config import get_preset
 from mcushard.model.weights import random_weights
 from mcushard.partition import make_plan
+from mcushard.runtime.bert import bert_forward
 from mcushard.runtime.reference import LlamaFP32
 
 TOKENS = [1, 461, 461, 401, 401, 378, 455, 473]
@@ -41,9 +42,21 @@ def test_shards_match_whole_model(stories260k, fp32_logits, tmp_path, n):
     assert len(reduced) == len(manifest["syncs"])
 
 
-def test_export_refuses_encoders(tmp_path):
+@pytest.mark.parametrize("n", [1, 3, 8])  # 8 chips > 4 heads: head_dim split, score syncs
+def test_mobilebert_shards_match_whole_encoder(tmp_path, n):
     cfg = get_preset("tiny-mobilebert-test")
-    with pytest.raises(McushardError, match="Llama decoders"):
+    weights = random_weights(cfg, 0)
+    ids = np.random.default_rng(1).integers(0, cfg.vocab_size, 10)
+    plan = make_plan(cfg, n, "tp", "tree")
+    manifest = json.loads(export_plan(plan, weights, tmp_path).read_text())
+    np.testing.assert_allclose(run_exported(tmp_path, ids.tolist()), bert_forward(cfg, weights, ids), rtol=0, atol=1e-4)
+    for chip in manifest["chips"]:
+        assert chip["weight_elements"] == plan.bytes_held(chip["chip"]) // plan.weight_bytes
+
+
+def test_export_refuses_plain_bert(tmp_path):
+    cfg = get_preset("tiny-bert-test")
+    with pytest.raises(McushardError, match="MobileBERT-style"):
         export_plan(make_plan(cfg, 2), random_weights(cfg, 0), tmp_path)
 
 

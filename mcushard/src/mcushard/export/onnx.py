@@ -1,4 +1,5 @@
-"""Export a tensor-parallel plan of a Llama decoder as one ONNX model per chip plus a JSON manifest.
+"""Export a tensor-parallel plan as one ONNX model per chip plus a JSON manifest: Llama decoders here,
+MobileBERT-style encoders in `export.onnx_bert` (same conventions, output `hidden` state columns).
 
 Each chip's model holds only that chip's slices (as initializers) and computes, in fp32, its part of
 every block for a whole sequence (causal attention, no KV cache): inputs `tokens` int64 [S].
@@ -186,29 +187,36 @@ class _ChipGraph:
         h = g.op("Mul", silu, self.linear(xn, take(p + "w3", (h0, h1), (0, dim))))
         return self.sync(f"layers.{layer}.ffn.out", self.linear(h, take(p + "w2", (0, dim), (h0, h1))), ["S", dim])
 
-    def build(self) -> tuple[onnx.ModelProto, tuple[int, int]]:
-        cfg, g, take = self.cfg, self.g, self.take
-        (r0, r1), _ = take.has("tok_embeddings")[0]
-        table = np.concatenate([take("tok_embeddings", (r0, r1), (0, cfg.dim)), np.zeros((1, cfg.dim), np.float32)])
+    def lookup(self, tensor: str) -> tuple[str, tuple[int, int]]:
+        """Zero-padded rows of this chip's vocabulary slice of `tensor` for `tokens`: ([S, width], rows)."""
+        g = self.g
+        (r0, r1), (_, width) = self.take.has(tensor)[0]
+        table = np.concatenate([self.take(tensor, (r0, r1), (0, width)), np.zeros((1, width), np.float32)])
         idx = g.op("Sub", self.tokens, g.const(np.array(r0, np.int64)))
         inside = g.op("And", g.op("GreaterOrEqual", idx, g.const(np.array(0, np.int64))),
                       g.op("Less", idx, g.const(np.array(r1 - r0, np.int64))))
         idx = g.op("Where", inside, idx, g.const(np.array(r1 - r0, np.int64)))  # outside: the zero row
-        x = self.sync("embed.lookup", g.op("Gather", g.const(table), idx, axis=0), ["S", cfg.dim])
+        return g.op("Gather", g.const(table), idx, axis=0), (r0, r1)
+
+    def build(self) -> tuple[onnx.ModelProto, dict]:
+        cfg, g, take = self.cfg, self.g, self.take
+        rows, (r0, r1) = self.lookup("tok_embeddings")
+        x = self.sync("embed.lookup", rows, ["S", cfg.dim])
         mask = self.causal_mask()
         for layer in range(cfg.n_layers):
             x = g.op("Add", x, self.attention(layer, x, mask))
             x = g.op("Add", x, self.ffn(layer, x))
         cls = take("tok_embeddings" if cfg.shared_classifier else "output", (r0, r1), (0, cfg.dim))
         g.output(self.linear(self.rmsnorm(x, take("norm", (0, cfg.dim))), cls), "logits", ["S", r1 - r0])
-        return g.model(f"{cfg.name}_chip{self.chip}"), (r0, r1)
+        return g.model(f"{cfg.name}_chip{self.chip}"), {"vocab_rows": [r0, r1]}
 
 
 def export_plan(plan: Plan, weights: Weights, out_dir: str | Path) -> Path:
     """Write chip<c>.onnx for every chip and manifest.json into `out_dir`; returns the manifest path."""
     cfg = plan.model
-    if not isinstance(cfg, LlamaConfig):
-        raise McushardError(f"export: model {cfg.name!r} is a {cfg.kind}; ONNX export covers Llama decoders")
+    if not isinstance(cfg, LlamaConfig) and not (cfg.use_bottleneck and cfg.normalization == "no_norm"):
+        raise McushardError(f"export: model {cfg.name!r}: ONNX export covers Llama decoders and MobileBERT-style "
+                            "encoders (bottleneck, NoNorm)")
     if plan.strategy != "tp" or plan.scope != "model":
         raise McushardError("export: only whole-model tensor-parallel plans (strategy tp) are exported")
     out = Path(out_dir)
@@ -218,10 +226,15 @@ def export_plan(plan: Plan, weights: Weights, out_dir: str | Path) -> Path:
         raise McushardError(f"{out}: cannot create the output directory: {exc.strerror}") from None
     chips = []
     for chip in range(plan.n_chips):
-        builder = _ChipGraph(plan, chip, weights)
-        model, rows = builder.build()
+        if isinstance(cfg, LlamaConfig):
+            builder = _ChipGraph(plan, chip, weights)
+        else:
+            from mcushard.export.onnx_bert import BertGraph
+
+            builder = BertGraph(plan, chip, weights)
+        model, where = builder.build()
         write_bytes_atomic(out / f"chip{chip}.onnx", model.SerializeToString())
-        chips.append({"chip": chip, "file": f"chip{chip}.onnx", "vocab_rows": list(rows),
+        chips.append({"chip": chip, "file": f"chip{chip}.onnx", **where,
                       "weight_elements": sum(builder.taken.values()), "syncs": builder.syncs,
                       "slices": [[s.tensor, list(s.rows), list(s.cols)] for s in plan.shards[chip]]})
     syncs = [{"id": sync_name(s), "partial": f"{sync_name(s)}.partial", "sum": f"{sync_name(s)}.sum",
@@ -230,8 +243,12 @@ def export_plan(plan: Plan, weights: Weights, out_dir: str | Path) -> Path:
              for s in plan.steps if isinstance(s, AllReduce) and s.op == "sum"]  # in program order
     manifest = {
         "format": "mcushard-tp-onnx/1", "precision": "fp32", "opset": OPSET, "model": cfg.name,
-        "strategy": plan.strategy, "n_chips": plan.n_chips, "inputs": {"tokens": "int64 [S]"},
-        "outputs": {"logits": "float32 [S, vocab_rows] per chip; concatenate by vocab_rows, argmax picks the token"},
+        "strategy": plan.strategy, "n_chips": plan.n_chips,
+        "inputs": {"tokens": "int64 [S]"} if isinstance(cfg, LlamaConfig) else {
+            "tokens": "int64 [S] input ids", "token_type_ids": "int64 [S]", "attention_mask": "float32 [S] of 0/1"},
+        "outputs": {"logits": "float32 [S, vocab_rows] per chip; concatenate by vocab_rows, argmax picks the token"}
+        if isinstance(cfg, LlamaConfig) else {"hidden": "float32 [S, state_cols] per chip: the last hidden state's "
+                                                         "columns; the plan sends them to chip 0"},
         "protocol": "for each sync in order: run each chip of its group to get <id>.partial (needs only tokens "
                     "and earlier sums), reduce with op over the group, feed the result as <id>.sum",
         "syncs": syncs, "chips": chips, "notes": list(plan.notes)}
@@ -241,7 +258,8 @@ def export_plan(plan: Plan, weights: Weights, out_dir: str | Path) -> Path:
 
 
 def run_exported(out_dir: str | Path, tokens: list[int]) -> np.ndarray:
-    """Run the exported shards with onnxruntime, all-reducing in numpy; float32 logits [S, vocab]."""
+    """Run the exported shards with onnxruntime, all-reducing in numpy: float32 logits [S, vocab] of a
+    decoder, or an encoder's last hidden state [S, H] (token types 0, no padding)."""
     import onnxruntime as ort
 
     out = Path(out_dir)
@@ -249,20 +267,22 @@ def run_exported(out_dir: str | Path, tokens: list[int]) -> np.ndarray:
     sessions = [ort.InferenceSession(str(out / c["file"]), providers=["CPUExecutionProvider"])
                 for c in manifest["chips"]]
     ids = np.asarray(tokens, np.int64)  # [S]
+    given = {"tokens": ids, "token_type_ids": np.zeros_like(ids), "attention_mask": np.ones(len(ids), np.float32)}
     feeds = []
-    for sess in sessions:  # every input: tokens, and zeros for the sums not known yet
+    for sess in sessions:  # every input: the sequence, and zeros for the sums not known yet
         feed = {}
         for i in sess.get_inputs():
             shape = [len(ids) if not isinstance(d, int) else d for d in i.shape]
-            feed[i.name] = ids if i.name == "tokens" else np.zeros(shape, np.float32)
+            feed[i.name] = given[i.name] if i.name in given else np.zeros(shape, np.float32)
         feeds.append(feed)
     for sync in manifest["syncs"]:
         parts = [sessions[c].run([sync["partial"]], feeds[c])[0] for c in sync["group"]]
         total = np.sum(parts, axis=0, dtype=np.float32)
         for c in sync["group"]:
             feeds[c][sync["sum"]] = total
-    vocab_rows = [c["vocab_rows"] for c in manifest["chips"]]
-    logits = np.empty((len(ids), max(r[1] for r in vocab_rows)), np.float32)  # [S, vocab]
-    for sess, feed, (r0, r1) in zip(sessions, feeds, vocab_rows):
-        logits[:, r0:r1] = sess.run(["logits"], feed)[0]
-    return logits
+    name, key = ("logits", "vocab_rows") if "vocab_rows" in manifest["chips"][0] else ("hidden", "state_cols")
+    spans = [c[key] for c in manifest["chips"]]
+    result = np.empty((len(ids), max(r[1] for r in spans)), np.float32)  # [S, vocab] or [S, H]
+    for sess, feed, (r0, r1) in zip(sessions, feeds, spans):
+        result[:, r0:r1] = sess.run([name], feed)[0]
+    return result
