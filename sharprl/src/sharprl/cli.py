@@ -167,6 +167,25 @@ def evaluate(
         )
 
 
+@app.command()
+@user_errors
+def curves(
+    run_dirs: Annotated[list[Path], typer.Argument(help="run directories (any algorithm) with metrics.csv")],
+    out: Annotated[Path, typer.Option(help="directory for curves_env_steps.png and curves_wall_clock.png")],
+    title: Annotated[str, typer.Option(help="plot title")] = "Ant (Brax spring)",
+    anchor_steps: Annotated[float, typer.Option(help="reference line: env steps (0: none)")] = 4.1e6,
+    anchor_return: Annotated[float, typer.Option(help="reference line: return")] = 4900.0,
+) -> None:
+    """Learning curves (evaluation return vs env steps and vs wall-clock) of several runs, as PNGs."""
+    from sharprl.curves import load_curve, plot_curves, summary_table
+
+    loaded = [load_curve(d) for d in run_dirs]
+    anchor = (anchor_steps, anchor_return) if anchor_steps > 0 else None
+    for path in plot_curves(loaded, out, title, anchor):
+        typer.echo(f"wrote {path}")
+    typer.echo(summary_table(loaded))
+
+
 register_study_commands(app)  # robustness, rho-sweep, sharpness, reproduce (sharprl.study_cli)
 
 

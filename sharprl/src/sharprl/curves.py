@@ -1,0 +1,113 @@
+"""Learning curves of training runs (any algorithm) against env steps and wall-clock time.
+
+Reads each run directory's ``metrics.csv`` (columns ``env_steps``, ``wall_s``, ``eval_return``) and,
+when present, its checkpoint metadata for the algorithm and seed. Used by ``sharprl curves``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+from pathlib import Path
+
+from sharprl import checkpoint
+from sharprl.errors import SharprlError
+
+COLORS = {"shac": "tab:blue", "shac-sam": "tab:cyan", "shac-asam": "tab:red", "apg": "tab:green", "ppo": "tab:purple"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Curve:
+    """The evaluation points of one run."""
+
+    label: str  # "algo seed N"
+    algo: str  # algorithm name
+    env_steps: tuple[int, ...]  # training env steps at each evaluation
+    wall_s: tuple[float, ...]  # wall-clock seconds since the run started (compilation included)
+    eval_return: tuple[float, ...]  # mean deterministic evaluation return
+    train_points: tuple[tuple[int, float, float], ...] = ()  # (env steps, wall s, training-episode return)
+
+
+def load_curve(run_dir: Path | str) -> Curve:
+    """The evaluation curve of one run directory; SharprlError when it has no evaluations."""
+    run_dir = Path(run_dir)
+    all_rows = checkpoint.read_metrics(run_dir)
+    rows = [r for r in all_rows if r.get("eval_return") not in ("", None)]
+    rows = [r for r in rows if math.isfinite(float(r["eval_return"]))]
+    train = [r for r in all_rows if r.get("train_return") not in ("", None, "nan")]
+    train = [r for r in train if math.isfinite(float(r["train_return"]))]
+    if not rows and not train:
+        raise SharprlError(f"{run_dir}: no evaluation or training-return rows in {checkpoint.METRICS_FILE}")
+    algo, seed = run_dir.name, "?"
+    if checkpoint.has_checkpoint(run_dir):
+        meta = checkpoint.load_meta(run_dir)
+        algo = meta.get("algo", algo)
+        seed = meta.get("seed", meta.get("config", {}).get("seed", "?"))
+    return Curve(
+        label=f"{algo} seed {seed}",
+        algo=algo,
+        env_steps=tuple(int(r["env_steps"]) for r in rows),
+        wall_s=tuple(float(r["wall_s"]) for r in rows),
+        eval_return=tuple(float(r["eval_return"]) for r in rows),
+        train_points=tuple((int(r["env_steps"]), float(r["wall_s"]), float(r["train_return"])) for r in train),
+    )
+
+
+def plot_curves(
+    curves: list[Curve], out_dir: Path | str, title: str, anchor: tuple[float, float] | None = None
+) -> list[Path]:
+    """Write ``curves_env_steps.png`` and ``curves_wall_clock.png``; ``anchor`` = (env steps, return)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    paths = []
+    for axis, name, xlabel in (
+        ("env_steps", "curves_env_steps.png", "training env steps"),
+        ("wall_s", "curves_wall_clock.png", "wall-clock time (min, compilation included)"),
+    ):
+        fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+        for curve in curves:
+            xs = [x / 60.0 for x in curve.wall_s] if axis == "wall_s" else list(curve.env_steps)
+            color = COLORS.get(curve.algo)
+            ax.plot(xs, curve.eval_return, marker="o", ms=3, label=f"{curve.label} (evaluation)", color=color)
+            if curve.train_points:
+                tx = [p[1] / 60.0 if axis == "wall_s" else p[0] for p in curve.train_points]
+                ty = [p[2] for p in curve.train_points]
+                ax.plot(tx, ty, ls=":", lw=1, color=color, alpha=0.7, label=f"{curve.label} (training episodes)")
+        if anchor is not None and axis == "env_steps":
+            ax.axhline(anchor[1], ls="--", color="gray", lw=1)
+            ax.annotate(f"PPO anchor: {anchor[1]:,.0f} at {anchor[0] / 1e6:.1f}M steps", (0, anchor[1]),
+                        textcoords="offset points", xytext=(4, 4), fontsize=8, color="gray")  # fmt: skip
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("episode return")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        plt.close(fig)
+        path = out_dir / name
+        checkpoint.atomic_write_bytes(path, buf.getvalue())
+        paths.append(path)
+    return paths
+
+
+def summary_table(curves: list[Curve]) -> str:
+    """A markdown table: final and best evaluation return per run."""
+    lines = ["| run | env steps | wall-clock | final eval return | best eval return |", "|---|---|---|---|---|"]
+    for c in curves:
+        if not c.eval_return:
+            last = c.train_points[-1]
+            lines.append(f"| {c.label} | {last[0]:,} | {last[1] / 60:.0f} min | (no evaluation yet) | - |")
+            continue
+        best = max(range(len(c.eval_return)), key=lambda i: c.eval_return[i])
+        lines.append(
+            f"| {c.label} | {c.env_steps[-1]:,} | {c.wall_s[-1] / 60:.0f} min | {c.eval_return[-1]:,.0f} | "
+            f"{c.eval_return[best]:,.0f} (at {c.env_steps[best]:,}) |"
+        )
+    return "\n".join(lines)
