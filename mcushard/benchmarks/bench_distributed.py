@@ -27,11 +27,12 @@ from mcushard.runtime.quant import quantize_llama
 TARGET_RATIO = 0.5
 
 
-def tokens_per_s(decoder, steps: int) -> tuple[float, list[int]]:
+def tokens_per_s(decoder, steps: int) -> tuple[float, list[int], float]:
+    """(tokens/s, tokens, host-process CPU seconds per token) of `steps` greedy tokens."""
     generate(decoder, 2)  # warm-up (caches, BLAS threads); positions 0-1 are rewritten below
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = generate(decoder, steps)
-    return steps / (time.perf_counter() - t0), out
+    return steps / (time.perf_counter() - t0), out, (time.process_time() - c0) / steps
 
 
 def main() -> None:
@@ -52,12 +53,16 @@ def main() -> None:
     clusters = {a: DistributedLlama(plans[a], ref, hw.group_size, timeout_s=300) for a in algorithms}
     best: dict[str, float] = {}
     comm: dict[str, float] = {}
+    cpu_ms: dict[str, float] = {}  # CPU per token: the host process (single) or all chips together
     try:
         for _ in range(args.rounds):  # interleaved, best round counts: the machine's load varies a lot
-            tps, single_out = tokens_per_s(single, args.tokens)
+            tps, single_out, cpu = tokens_per_s(single, args.tokens)
             best["single"] = max(best.get("single", 0.0), tps)
+            cpu_ms["single"] = 1e3 * cpu
             for a, dist in clusters.items():
-                tps, out = tokens_per_s(dist, args.tokens)
+                n0, c0 = len(dist.stats.link_bytes), dist.stats.cpu_s
+                tps, out, _ = tokens_per_s(dist, args.tokens)
+                cpu_ms[a] = 1e3 * (dist.stats.cpu_s - c0) / (len(dist.stats.link_bytes) - n0)
                 if out != single_out:
                     raise SystemExit("distributed tokens differ from the single process")
                 best[a] = max(best.get(a, 0.0), tps)
@@ -67,14 +72,16 @@ def main() -> None:
             dist.close()
     load = os.getloadavg()[0]
     print(f"{cfg.name} int8, {args.tokens} tokens x {args.rounds} interleaved rounds (best counts); load average "
-          f"{load:.1f} on {os.cpu_count()} cores; single process: {best['single']:.1f} tokens/s")
+          f"{load:.1f} on {os.cpu_count()} cores; single process: {best['single']:.1f} tokens/s, "
+          f"{cpu_ms['single']:.0f} ms CPU per token")
     for a in algorithms:
         ratio = best[a] / best["single"]
         rounds = sum(len(schedule(s.algorithm, s.group, max(s.elements, 1), hw.group_size))
                      for s in plans[a].steps if isinstance(s, AllReduce))
         print(f"  {args.chips} processes, {a:>12} all-reduce: {best[a]:6.1f} tokens/s, ratio {ratio:.2f}x "
               f"(target >= {TARGET_RATIO}x: {'met' if ratio >= TARGET_RATIO else 'NOT met'}); "
-              f"{100 * comm[a]:.0f}% of chip time in collectives, {rounds} dependent message rounds per token")
+              f"{100 * comm[a]:.0f}% of chip time in collectives, {rounds} dependent message rounds per token, "
+              f"{cpu_ms[a]:.0f} ms CPU per token over all chips")
 
 if __name__ == "__main__":
     main()

@@ -47,6 +47,7 @@ class RunStats:
     seconds: float = 0.0  # wall time inside `step`
     comm_s: float = 0.0  # summed over chips: time inside collectives and sends (incl. waiting for peers)
     busy_s: float = 0.0  # summed over chips: time running their programs
+    cpu_s: float = 0.0  # summed over chips: CPU time of their programs (compute and messaging)
 
     def comm_fraction(self) -> float:
         return self.comm_s / max(self.busy_s, 1e-12)
@@ -90,6 +91,7 @@ class DistributedLlama:
             raise McushardError(f"argmax all-reduce gave {sorted(chosen)}, the logits {int(np.argmax(logits))}")
         self.stats.comm_s += sum(r["comm_s"] for r in replies)
         self.stats.busy_s += sum(r["step_s"] for r in replies)
+        self.stats.cpu_s += sum(r["cpu_s"] for r in replies)
         self.stats.link_bytes.append({(c, peer): b for c, r in enumerate(replies) for peer, b in r["sent"].items()})
         return logits
 

@@ -75,7 +75,7 @@ class LlamaChip(ChipProgram):
             raise ValueError(f"unknown request {kind!r}")
         self.token, self.pos = token, pos
         self.x = self.row = self.psum = self.scores = self.logits = self.key = None
-        t_start, comm_s = time.perf_counter(), 0.0
+        t_start, cpu_start, comm_s = time.perf_counter(), time.process_time(), 0.0
         for step in self.s.steps:
             if isinstance(step, Compute):
                 self.layer = int(step.block.split(".")[1]) if step.block.startswith("layers.") else -1
@@ -90,7 +90,7 @@ class LlamaChip(ChipProgram):
         token_out = None if self.key is None else unpack_argmax(self.key, self.s.cfg.vocab_size)
         logits = None if self.logits is None else (self.s.vocab_rows[0], self.logits)
         return {"token": token_out, "logits": logits, "sent": self.take_bytes_sent(), "comm_s": comm_s,
-                "step_s": time.perf_counter() - t_start}
+                "step_s": time.perf_counter() - t_start, "cpu_s": time.process_time() - cpu_start}
 
     def _reduce(self, step: AllReduce) -> None:
         if step.label == "lookup":
