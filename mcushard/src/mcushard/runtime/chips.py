@@ -23,6 +23,7 @@ import threading
 import traceback
 from collections import Counter
 from contextlib import contextmanager
+from functools import lru_cache
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Protocol
 
@@ -99,15 +100,26 @@ def _send_all(links: Links, payloads: list[tuple[int, np.ndarray]]) -> None:
 
 
 def _header(array: np.ndarray) -> bytes:
-    meta = f"{array.dtype.str}|{','.join(map(str, array.shape))}".encode()
+    return _meta(array.dtype.str, array.shape)
+
+
+@lru_cache(maxsize=1024)
+def _meta(dtype: str, shape: tuple[int, ...]) -> bytes:
+    """Length-prefixed "dtype|d0,d1,..." (cached: a chip sends the same few shapes every token)."""
+    meta = f"{dtype}|{','.join(map(str, shape))}".encode()
     return len(meta).to_bytes(2, "little") + meta
+
+
+@lru_cache(maxsize=1024)
+def _parse(meta: bytes) -> tuple[np.dtype, tuple[int, ...]]:
+    dtype, shape = meta.decode().rsplit("|", 1)  # a dtype string may hold "|" ("|i1")
+    return np.dtype(dtype), tuple(int(d) for d in shape.split(",") if d)
 
 
 def _unpack(buf: bytes) -> np.ndarray:
     n = int.from_bytes(buf[:2], "little")
-    dtype, shape = buf[2:2 + n].decode().rsplit("|", 1)  # a dtype string may hold "|" ("|i1")
-    dims = tuple(int(d) for d in shape.split(",") if d)
-    return np.frombuffer(buf[2 + n:], dtype=np.dtype(dtype)).reshape(dims)
+    dtype, dims = _parse(buf[2:2 + n])
+    return np.frombuffer(buf, dtype=dtype, offset=2 + n).reshape(dims)
 
 
 _LINK_ERRORS = ("EOFError", "ConnectionResetError", "BrokenPipeError")  # what a chip sees when a peer dies
