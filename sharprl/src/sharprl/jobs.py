@@ -66,7 +66,7 @@ class JobOutcome:
     """What happened to one job in a run_jobs call."""
 
     job: Job  # the job
-    status: str  # "skipped" (already finished), "done", or "failed" (after the retry)
+    status: str  # "skipped" (already finished), "done", "failed" (after the retry), "pending" (not run)
     attempts: int  # attempts made in this call (0 when skipped)
     result: dict[str, Any] | None  # the job's result (None when failed)
     errors: tuple[str, ...] = ()  # one line per failed attempt
@@ -163,6 +163,7 @@ def _run_ray(todo: list[Job], slots: int, ray_address: str | None, log: LogFn) -
     started_here = not ray.is_initialized()
     if started_here:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local instance, no dashboard
+        os.environ.setdefault("RAY_worker_niceness", "0")  # Ray's default (15) starves jobs on a busy machine
         if ray_address:
             ray.init(address=ray_address, log_to_driver=False)
         else:
@@ -177,10 +178,17 @@ def _run_ray(todo: list[Job], slots: int, ray_address: str | None, log: LogFn) -
         while queue or pending:
             while queue and len(pending) < slots:
                 job = queue.pop(0)
+                if job.is_done():  # finished meanwhile by another invocation
+                    out[job.name] = JobOutcome(job, "skipped", 0, read_result(job))
+                    continue
                 attempts[job.name] = attempts.get(job.name, 0) + 1
                 log(f"[start] {job.name} (attempt {attempts[job.name]}, ray)")
                 pending[remote.remote(job)] = job
-            ready, _ = ray.wait(list(pending), num_returns=1)
+            if not pending:
+                continue
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=2.0)  # a timeout lets Ctrl-C through
+            if not ready:
+                continue
             job = pending.pop(ready[0])
             try:
                 result = ray.get(ready[0])
@@ -201,6 +209,13 @@ def _run_ray(todo: list[Job], slots: int, ray_address: str | None, log: LogFn) -
     return out
 
 
+def collect(jobs: Sequence[Job]) -> list[JobOutcome]:
+    """Outcomes without running anything: finished jobs as "skipped", the others as "pending"."""
+    return [
+        JobOutcome(j, "skipped", 0, read_result(j)) if j.is_done() else JobOutcome(j, "pending", 0, None) for j in jobs
+    ]
+
+
 def failures(outcomes: Sequence[JobOutcome]) -> list[JobOutcome]:
-    """The outcomes that failed after their retry."""
-    return [o for o in outcomes if o.status == "failed"]
+    """The outcomes that failed after their retry, or are still pending."""
+    return [o for o in outcomes if o.status in ("failed", "pending")]

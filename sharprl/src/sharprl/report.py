@@ -241,7 +241,7 @@ def write_report(res: StudyResults, command: str) -> Path:
     if res.failed:
         md += (
             ["## Failed jobs (after one retry)", ""]
-            + [f"- {o.job.name}: {'; '.join(o.errors)}" for o in res.failed]
+            + [f"- {o.job.name}: {'; '.join(o.errors) or o.status}" for o in res.failed]
             + [""]
         )
     md += [f"Jobs already finished before this invocation (skipped): {res.skipped}.", ""]

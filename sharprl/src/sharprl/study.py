@@ -151,20 +151,20 @@ BUDGETS: dict[str, Budget] = {
         ),
         episode_length=50,
     ),
-    # this (shared) 2-core machine in ~40 min: Ant, one seed, 150 SHAC epochs (7.5 % of the reference)
+    # this (shared) 2-core machine in ~40 min: Ant, one seed, 100 SHAC epochs (5 % of the reference)
     "quick": Budget(
         "quick",
         ("ant",),
         (0,),
-        150 * 64 * 32,
-        1_000_000,
+        100 * 64 * 32,
+        600_000,
         0.5,
         (),
         0.2,
         SweepSpec(episodes=8),
-        SharpnessSpec(power_iterations=10, alphas_1d=15, alphas_2d=9),
-        shac_overrides=(("eval_every_epochs", 25), ("eval_episodes", 8)),
-        ppo_overrides=(("eval_every_env_steps", 200_000), ("eval_episodes", 8)),
+        SharpnessSpec(power_iterations=8, alphas_1d=11, alphas_2d=7),
+        shac_overrides=(("eval_every_epochs", 20), ("eval_episodes", 8)),
+        ppo_overrides=(("eval_every_env_steps", 150_000), ("eval_episodes", 8)),
     ),
     # the paper's setting: SHAC's reference budget (2,000 epochs of 64 envs x 32 steps), 3 seeds
     "full": Budget(
@@ -286,7 +286,7 @@ class StudyResults:
     robustness: list[tuple[RunRef, dict[str, Any]]]  # per-run robustness results
     rho: list[tuple[RunRef, dict[str, Any]]]  # per-run nominal / noisy returns for the rho plot
     sharpness: list[tuple[RunRef, dict[str, Any]]]  # per-run sharpness measures
-    failed: list[jobs.JobOutcome]  # jobs that failed after their retry
+    failed: list[jobs.JobOutcome]  # jobs that failed after their retry (or, with run=False, not finished)
     skipped: int  # jobs already finished before this call
 
 
@@ -299,16 +299,25 @@ def run_study(
     log=print,
     include=("robustness", "rho", "sharpness"),
     algos: Sequence[str] = ("shac", "shac-asam", "ppo"),
+    run: bool = True,
 ) -> StudyResults:
-    """Run (or resume) every job of the study (training runs of ``algos`` only); returns what finished."""
+    """Run (or resume) every job of the study (training runs of ``algos`` only); returns what finished.
+
+    ``run=False`` runs nothing: the results are those of the jobs finished so far (a report of a study
+    still running elsewhere, or interrupted).
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+
+    def execute(job_list):
+        return jobs.run_jobs(job_list, executor, ray_address, max_parallel, log) if run else jobs.collect(job_list)
+
     refs = [r for r in plan_training(budget, out) if r.algo in algos]
-    train_out = jobs.run_jobs([r.job for r in refs], executor, ray_address, max_parallel, log)
+    train_out = execute([r.job for r in refs])
     done = [(r, o.result) for r, o in zip(refs, train_out) if o.result is not None]
     stages = plan_evaluation(budget, [r for r, _ in done], out)
     eval_jobs = [job for key in include for _, job in stages[key]]
-    eval_out = {o.job.name: o for o in jobs.run_jobs(eval_jobs, executor, ray_address, max_parallel, log)}
+    eval_out = {o.job.name: o for o in execute(eval_jobs)}
     finished = {
         key: [(r, eval_out[j.name].result) for r, j in stages[key] if eval_out[j.name].result is not None]
         for key in stages

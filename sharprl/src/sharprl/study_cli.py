@@ -13,12 +13,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from sharprl.errors import SharprlError
-
-_err = Console(stderr=True)
-_out = Console()
 
 
 def _floats(text: str, what: str) -> tuple[float, ...]:
@@ -40,7 +36,7 @@ def _user_errors(fn):
             enable_compilation_cache()
             return fn(*args, **kwargs)
         except SharprlError as exc:
-            _err.print(f"error: {exc}", markup=False, highlight=False)
+            typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -82,11 +78,11 @@ def robustness(
     rows = rb.run_sweep(run_dirs, spec, out)
     for r in rows:
         if r.sweep != "grid":
-            _out.print(
+            typer.echo(
                 f"{r.sweep:13s} {r.algo:10s} noise={r.action_noise:<5g} friction={r.friction_scale:<5g} "
                 f"mass={r.mass_scale:<5g} return {r.mean_return:10.2f} +- {r.std_return:.2f} ({r.seeds} seeds)"
             )
-    _out.print(f"wrote {out / 'robustness.csv'} and PNGs")
+    typer.echo(f"wrote {out / 'robustness.csv'} and PNGs")
 
 
 def rho_sweep(
@@ -131,7 +127,7 @@ def rho_sweep(
     )
     points = report.write_rho_sweep(res)
     for name, (nominal, noisy) in points.items():
-        _out.print(f"{name:14s} nominal {nominal:10.2f}  under noise {noise:g}: {noisy:10.2f}")
+        typer.echo(f"{name:14s} nominal {nominal:10.2f}  under noise {noise:g}: {noisy:10.2f}")
     _fail_if(res)
 
 
@@ -161,14 +157,14 @@ def sharpness(
     atomic_write_text(out / "sharpness.json", json.dumps(res, indent=1))
     landscape.write_plots([res], out)
     if as_json:
-        _out.print_json(json.dumps({k: v for k, v in res.items() if not k.startswith(("loss_", "alphas_"))}))
+        typer.echo(json.dumps({k: v for k, v in res.items() if not k.startswith(("loss_", "alphas_"))}))
     else:
-        _out.print(
+        typer.echo(
             f"{res['algo']}: loss {res['loss']:.5g}  SAM sharpness {res['sam_sharpness']:.5g} (rho {rho:g})  "
             f"ASAM sharpness {res['asam_sharpness']:.5g} (rho {asam_rho:g})  top Hessian eigenvalue "
             f"{res['hessian_top_eigenvalue']:.5g}"
         )
-        _out.print(f"wrote {out / 'sharpness.json'}, {out / 'landscape_1d.png'}, {out / 'landscape_2d.png'}")
+        typer.echo(f"wrote {out / 'sharpness.json'}, {out / 'landscape_1d.png'}, {out / 'landscape_2d.png'}")
 
 
 def reproduce(
@@ -179,21 +175,27 @@ def reproduce(
     executor: Annotated[str, typer.Option(help=EXECUTOR_HELP)] = "ray",
     ray_address: Annotated[str | None, typer.Option(help="address of an existing Ray cluster")] = None,
     max_parallel: Annotated[int, typer.Option(help="jobs at once (0: number of cores)")] = 0,
+    report_only: Annotated[bool, typer.Option("--report-only", help="run nothing; report the finished jobs")] = False,
 ) -> None:
     """Train SHAC, SHAC-ASAM and PPO, run the sweeps and sharpness measures, write DIR/report.md."""
     from sharprl import report, study
 
     if budget not in study.BUDGETS:
         raise SharprlError(f"unknown budget {budget!r}: expected one of {', '.join(study.BUDGETS)}")
-    res = study.run_study(study.BUDGETS[budget], out, executor, ray_address, max_parallel or None, _log)
+    res = study.run_study(
+        study.BUDGETS[budget], out, executor, ray_address, max_parallel or None, _log, run=not report_only
+    )
     path = report.write_report(res, f"sharprl reproduce --budget {budget} --out {out}")
-    _out.print((out / "claims.md").read_text(), markup=False, highlight=False)
-    _out.print(f"wrote {path}")
-    _fail_if(res)
+    typer.echo((out / "claims.md").read_text())
+    typer.echo(f"wrote {path}")
+    if report_only:
+        typer.echo(f"{len(res.failed)} job(s) not finished yet" if res.failed else "every job has finished")
+    else:
+        _fail_if(res)
 
 
 def _log(line: str) -> None:
-    _out.print(line, markup=False, highlight=False)
+    typer.echo(line)
 
 
 def _fail_if(res) -> None:
