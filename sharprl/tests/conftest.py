@@ -8,8 +8,6 @@ from pathlib import Path
 
 import jax
 
-jax.config.update(
-    "jax_compilation_cache_dir",
-    os.environ.get("SHARPRL_JAX_CACHE", str(Path.home() / ".cache" / "sharprl" / "jax-tests")),
-)
+os.environ.setdefault("SHARPRL_JAX_CACHE", str(Path.home() / ".cache" / "sharprl" / "jax-tests"))  # also for the CLI
+jax.config.update("jax_compilation_cache_dir", os.environ["SHARPRL_JAX_CACHE"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
