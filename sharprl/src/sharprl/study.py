@@ -162,7 +162,7 @@ BUDGETS: dict[str, Budget] = {
         (),
         0.2,
         SweepSpec(episodes=8),
-        SharpnessSpec(power_iterations=8, alphas_1d=11, alphas_2d=7),
+        SharpnessSpec(power_iterations=8, alphas_1d=11, alphas_2d=7, num_envs=16),
         shac_overrides=(("eval_every_epochs", 20), ("eval_episodes", 8)),
         ppo_overrides=(("eval_every_env_steps", 150_000), ("eval_episodes", 8)),
     ),
@@ -239,41 +239,41 @@ def rho_spec(budget: Budget) -> SweepSpec:
     )
 
 
-def plan_evaluation(budget: Budget, refs: Sequence[RunRef], out: Path) -> dict[str, list[tuple[RunRef, jobs.Job]]]:
-    """Evaluation jobs of the finished runs: robustness (main), rho trade-off, sharpness (SHAC family)."""
-    sweep = json.dumps(dataclasses.asdict(budget.sweep))
-    rho = json.dumps(dataclasses.asdict(rho_spec(budget)))
-    sharp = json.dumps(dataclasses.asdict(budget.sharpness))
+def plan_evaluation(
+    budget: Budget, refs: Sequence[RunRef], out: Path, include: Sequence[str] = ("robustness", "rho", "sharpness")
+) -> dict[str, list[tuple[RunRef, jobs.Job]]]:
+    """Evaluation jobs of the finished runs: robustness (main), rho trade-off, sharpness (SHAC family).
+
+    A main SHAC / SHAC-ASAM run needs no separate rho job when its robustness sweep already holds the
+    trade-off's noise level: the report reads both points from that sweep.
+    """
+    specs = {
+        "robustness": json.dumps(dataclasses.asdict(budget.sweep)),
+        "rho": json.dumps(dataclasses.asdict(rho_spec(budget))),
+        "sharpness": json.dumps(dataclasses.asdict(budget.sharpness)),
+    }
     stages: dict[str, list[tuple[RunRef, jobs.Job]]] = {"robustness": [], "rho": [], "sharpness": []}
+
+    def add(stage: str, kind: str, ref: RunRef) -> None:
+        rel = Path(ref.job.out_dir).relative_to(out / "runs")
+        job = jobs.make_job(
+            f"{stage} {rel}", kind, out / "eval" / stage / rel, run_dir=ref.job.out_dir, spec=specs[stage]
+        )
+        stages[stage].append((ref, job))
+
+    noise_in_sweep = _rho_from_sweep(budget, include)
     for ref in refs:
-        run_dir, rel = ref.job.out_dir, Path(ref.job.out_dir).relative_to(out / "runs")
         if ref.main:
-            stages["robustness"].append(
-                (
-                    ref,
-                    jobs.make_job(
-                        f"robustness {rel}",
-                        "robustness",
-                        out / "eval" / "robustness" / rel,
-                        run_dir=run_dir,
-                        spec=sweep,
-                    ),
-                )
-            )
-        if ref.algo in ("shac", "shac-asam"):
-            stages["rho"].append(
-                (ref, jobs.make_job(f"rho {rel}", "robustness", out / "eval" / "rho" / rel, run_dir=run_dir, spec=rho))
-            )
+            add("robustness", "robustness", ref)
+        if ref.algo in ("shac", "shac-asam") and not (ref.main and noise_in_sweep):
+            add("rho", "robustness", ref)
         if ref.main and ref.algo in SHAC_FAMILY:
-            stages["sharpness"].append(
-                (
-                    ref,
-                    jobs.make_job(
-                        f"sharpness {rel}", "sharpness", out / "eval" / "sharpness" / rel, run_dir=run_dir, spec=sharp
-                    ),
-                )
-            )
+            add("sharpness", "sharpness", ref)
     return stages
+
+
+def _rho_from_sweep(budget: Budget, include: Sequence[str]) -> bool:
+    return "robustness" in include and budget.rho_sweep_noise in budget.sweep.noise_levels
 
 
 @dataclasses.dataclass
@@ -315,13 +315,15 @@ def run_study(
     refs = [r for r in plan_training(budget, out) if r.algo in algos]
     train_out = execute([r.job for r in refs])
     done = [(r, o.result) for r, o in zip(refs, train_out) if o.result is not None]
-    stages = plan_evaluation(budget, [r for r, _ in done], out)
+    stages = plan_evaluation(budget, [r for r, _ in done], out, include)
     eval_jobs = [job for key in include for _, job in stages[key]]
     eval_out = {o.job.name: o for o in execute(eval_jobs)}
     finished = {
         key: [(r, eval_out[j.name].result) for r, j in stages[key] if eval_out[j.name].result is not None]
         for key in stages
     }
+    if _rho_from_sweep(budget, include):  # the main runs' trade-off points come from their robustness sweep
+        finished["rho"] += [(r, x) for r, x in finished["robustness"] if r.algo in ("shac", "shac-asam")]
     outcomes = list(train_out) + list(eval_out.values())
     return StudyResults(
         budget,
@@ -342,7 +344,7 @@ def rho_points(results: Sequence[tuple[RunRef, dict[str, Any]]], noise: float) -
         table = {
             p["action_noise"]: sum(p["returns"]) / len(p["returns"])
             for p in res["points"]
-            if p["friction_scale"] == 1.0
+            if p["friction_scale"] == 1.0 and p["mass_scale"] == 1.0
         }
         key = "rho=0 (shac)" if ref.algo == "shac" else f"rho={ref.rho:g}"
         acc.setdefault(key, []).append((table[0.0], table[noise]))
