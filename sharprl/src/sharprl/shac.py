@@ -28,9 +28,8 @@ from sharprl import checkpoint, networks, sharpness
 from sharprl.envs import Task
 from sharprl.errors import SharprlError
 from sharprl.evaluate import evaluate
+from sharprl.returns import RETURN_WINDOW, finished_returns, mean_training_return
 from sharprl.shac_config import SHACConfig
-
-RETURN_WINDOW = 100  # finished training episodes averaged for the logged training return
 
 
 @flax.struct.dataclass
@@ -241,7 +240,7 @@ class Learner:
         )
         target = optax.incremental_update(critic_params, state.target_critic_params, 1.0 - cfg.target_critic_alpha)
 
-        ret, finished, count = _finished_returns(state, traj)
+        ret, finished, count = finished_returns(state, traj)
         new = state.replace(
             actor_params=actor_params,
             critic_params=critic_params,
@@ -282,30 +281,6 @@ def _tree_finite(tree) -> jax.Array:
 
 def _select(ok: jax.Array, new, old):
     return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
-
-
-def _finished_returns(state: TrainState, traj):
-    """Roll raw rewards into per-env episode returns; push finished ones into the ring buffer."""
-
-    def body(carry, inputs):
-        ret, buf, count = carry
-        reward, done = inputs  # (n,) each
-        ret = ret + reward
-        slots = (count + jnp.cumsum(done) - 1) % RETURN_WINDOW  # (n,) write positions
-        buf = buf.at[jnp.where(done, slots, RETURN_WINDOW)].set(ret, mode="drop")
-        return (jnp.where(done, 0.0, ret), buf, count + jnp.sum(done).astype(jnp.int32)), None
-
-    init = (state.episode_return, state.finished_returns, state.finished_count)
-    (ret, buf, count), _ = jax.lax.scan(body, init, (traj["raw_reward"], traj["ep_done"]))
-    return ret, buf, count
-
-
-def mean_training_return(state: TrainState) -> float:
-    """Mean raw return of the last (up to RETURN_WINDOW) finished training episodes; nan if none."""
-    count = int(state.finished_count)
-    if count == 0:
-        return float("nan")
-    return float(jnp.mean(state.finished_returns[: min(count, RETURN_WINDOW)]))
 
 
 ProgressFn = Callable[[dict[str, Any]], None]
