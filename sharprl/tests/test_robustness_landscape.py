@@ -12,7 +12,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from sharprl import checkpoint, landscape, robustness, shac
+from sharprl import checkpoint, jobs, landscape, robustness, shac
 from sharprl.envs import Perturbation, make_task
 from sharprl.evaluate import evaluate
 from sharprl.shac_config import preset
@@ -147,3 +147,19 @@ def test_sharpness_on_the_shac_loss_and_cli(run_dir, tmp_path):
     assert saved["algo"] == "shac" and (tmp_path / "landscape_2d.png").is_file()
     meta = checkpoint.load_meta(run_dir)
     assert meta["algo"] == "shac"
+
+
+def test_ray_is_the_default_executor_and_gives_the_in_process_numbers(run_dir, tmp_path):
+    """A local Ray instance (one CPU) runs one real robustness job; it is shut down afterwards."""
+    import ray
+
+    spec = dataclasses.replace(SPEC, noise_levels=(0.0, 0.2), friction_scales=(1.0,), mass_scales=(1.0,),
+                               grid_noise=(0.0,), grid_friction=(1.0,), episodes=2)  # fmt: skip
+    spec_json = json.dumps(dataclasses.asdict(spec))
+    job = jobs.make_job("ray-robustness", "robustness", tmp_path / "job", run_dir=str(run_dir), spec=spec_json)
+    (outcome,) = jobs.run_jobs([job], max_parallel=1, log=lambda line: None)
+    assert outcome.status == "done" and outcome.attempts == 1 and job.is_done()
+    local = robustness.evaluate_run(run_dir, spec)
+    for remote_point, local_point in zip(outcome.result["points"], local["points"]):
+        assert remote_point["returns"] == pytest.approx(local_point["returns"], rel=1e-5)
+    assert not ray.is_initialized()

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from pathlib import Path
 
 import pytest
 import typer
 from typer.testing import CliRunner
 
-from sharprl import jobs, robustness
+from sharprl import jobs
 from sharprl.study_cli import register
 
 
@@ -96,20 +94,3 @@ def test_rho_sweep_reuses_the_study_runs(tiny_study):
     assert "[start]" not in result.output
     rows = (out / "cartpole" / "rho_sweep.csv").read_text().splitlines()
     assert rows[0] == "rho,nominal_return,noisy_return,action_noise" and len(rows) == 4
-
-
-def test_ray_runs_a_real_job_with_the_same_numbers_as_in_process(tiny_study, tmp_path):
-    """Ray is the default executor: a local instance runs one robustness job on the tiny study's SHAC run."""
-    _, out, _ = tiny_study
-    run_dir = out / "runs" / "cartpole" / "shac" / "seed0"
-    spec = robustness.SweepSpec((0.0, 0.2), (1.0,), (1.0,), (0.0,), (1.0,), episodes=2, seed=3, episode_length=20)
-    spec_json = json.dumps(dataclasses.asdict(spec))
-    job = jobs.make_job("ray-robustness", "robustness", tmp_path / "job", run_dir=str(run_dir), spec=spec_json)
-    (outcome,) = jobs.run_jobs([job], max_parallel=1, log=lambda line: None)
-    assert outcome.status == "done" and outcome.attempts == 1
-    local = robustness.evaluate_run(run_dir, spec)
-    for remote_point, local_point in zip(outcome.result["points"], local["points"]):
-        assert remote_point["returns"] == pytest.approx(local_point["returns"], rel=1e-5)
-    import ray
-
-    assert not ray.is_initialized()  # the instance started for the call was shut down
