@@ -164,6 +164,9 @@ def _run_ray(todo: list[Job], slots: int, ray_address: str | None, log: LogFn) -
     if started_here:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local instance, no dashboard
         os.environ.setdefault("RAY_worker_niceness", "0")  # Ray's default (15) starves jobs on a busy machine
+        # Ray's memory monitor kills tasks when the NODE is near full, whoever uses the memory (seen here:
+        # other processes pushed the machine over 95 % and every training job was killed); leave that to the OS
+        os.environ.setdefault("RAY_memory_monitor_refresh_ms", "0")
         if ray_address:
             ray.init(address=ray_address, log_to_driver=False)
         else:
