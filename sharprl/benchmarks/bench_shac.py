@@ -22,6 +22,8 @@ import jax
 from brax.training.agents.apg import networks as apg_networks
 from brax.training.agents.apg import train as apg_train
 
+from sharprl.brax_glue import NullEnv
+from sharprl.cli import enable_compilation_cache
 from sharprl.envs import make_task
 from sharprl.networks import activation_fn
 from sharprl.shac import Learner
@@ -62,7 +64,8 @@ def apg_steps_per_s(env: str, updates: int, task) -> float:
         task.env, episode_length=task.episode_length, policy_updates=epochs * updates,
         horizon_length=cfg.horizon, num_envs=cfg.num_envs, num_evals=epochs + 1, num_eval_envs=1,
         learning_rate=cfg.actor_lr, max_gradient_norm=cfg.grad_norm_clip, normalize_observations=True,
-        network_factory=network_factory, progress_fn=progress_fn)
+        network_factory=network_factory, progress_fn=progress_fn,
+        eval_env=NullEnv(task.observation_size, task.action_size))  # brax's own evaluation: no physics
     return statistics.median(sps[2:])
 
 
@@ -71,6 +74,7 @@ def main() -> None:
     parser.add_argument("--env", default="ant", help="sharprl task (default: ant on its default backend)")
     parser.add_argument("--updates", type=int, default=5, help="timed updates per algorithm")
     args = parser.parse_args()
+    enable_compilation_cache()  # compiled graphs persist across runs (SHARPRL_JAX_CACHE=off to disable)
     cfg = preset(args.env, "shac")
     task = make_task(args.env, episode_length=cfg.episode_length)
     steps = cfg.num_envs * cfg.horizon

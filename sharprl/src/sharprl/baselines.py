@@ -42,6 +42,7 @@ from sharprl import checkpoint
 from sharprl.brax_glue import (
     APG_KIND,
     PPO_KIND,
+    NullEnv,
     brax_env,
     merge_statistics,
 )
@@ -302,7 +303,8 @@ def train_apg(task: Task, run_dir: Path | str, env_steps: int, *, seed: int = 0,
         num_eval_envs=1, learning_rate=config.learning_rate * config.schedule_decay**updates_done,
         adam_b=(config.adam_b1, config.adam_b2), schedule_decay=config.schedule_decay,
         max_gradient_norm=config.max_gradient_norm, normalize_observations=config.normalize_observations,
-        network_factory=network_factory, progress_fn=progress_fn, seed=seed + run.epoch)
+        network_factory=network_factory, progress_fn=progress_fn, seed=seed + run.epoch,
+        eval_env=NullEnv(task.observation_size, task.action_size))
     final_steps = epochs * updates_per_epoch * steps_per_update
     if run.last_steps != run.env_steps_before + final_steps:  # the callback could not see the parameters
         run.record(final_steps, make_policy, (normalizer(live), policy_params), None, {"grad_norm": math.nan})

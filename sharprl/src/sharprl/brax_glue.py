@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from brax.envs.base import State, Wrapper
+from brax.envs.base import Env, State, Wrapper
 from brax.training import types as brax_types
 from brax.training.acme import running_statistics
 from brax.training.agents.apg import networks as apg_networks
@@ -114,3 +114,31 @@ def merge_statistics(a, b):
     summed = a.summed_variance + b.summed_variance + delta**2 * n_a * n_b / n  # (obs_size,)
     std = jnp.clip(jnp.sqrt(jnp.maximum(summed, 0.0) / n + a.std_eps), 1e-6, 1e6)  # brax's clip range
     return a.replace(count=a.count + b.count, mean=mean, summed_variance=summed, std=std)
+
+
+class NullEnv(Env):
+    """A do-nothing env with a task's sizes: the ``eval_env`` of brax's APG, whose own evaluator
+    cannot be turned off; sharprl evaluates with :func:`sharprl.evaluate.evaluate` instead, so brax's
+    per-epoch evaluation costs neither a physics compilation nor physics steps."""
+
+    def __init__(self, observation_size: int, action_size: int):
+        self._obs, self._act = observation_size, action_size
+
+    def reset(self, rng: jax.Array) -> State:
+        zero = jnp.zeros(())
+        return State(zero, jnp.zeros(self._obs), zero, zero, {}, {})
+
+    def step(self, state: State, action: jax.Array) -> State:
+        return state.replace(done=jnp.ones(()))  # every episode ends at once
+
+    @property
+    def observation_size(self) -> int:
+        return self._obs
+
+    @property
+    def action_size(self) -> int:
+        return self._act
+
+    @property
+    def backend(self) -> str:
+        return "none"
