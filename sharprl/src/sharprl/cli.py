@@ -23,6 +23,7 @@ def enable_compilation_cache() -> None:
     """Persist XLA compilations across runs (SHARPRL_JAX_CACHE=dir, or 'off'); Brax graphs compile slowly."""
     import jax
 
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # XLA's per-hit cache-version warnings
     where = os.environ.get("SHARPRL_JAX_CACHE", str(Path.home() / ".cache" / "sharprl" / "jax"))
     if where.lower() == "off":
         return

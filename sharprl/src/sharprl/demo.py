@@ -8,12 +8,14 @@ it is cached on disk (``~/.cache/sharprl/jax``), so a second run starts training
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from pathlib import Path
 
 
 def main() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide XLA's cache-version warnings
     import jax
 
     from sharprl import checkpoint, shac

@@ -77,6 +77,7 @@ class Learner:
             self._adam(config.critic_lr, critic_updates), critic_mode, config.rho, config.asam_eta
         )
         self.epoch_fn = jax.jit(self.epoch)
+        self.reset_fn = jax.jit(jax.vmap(task.reset))  # (num_envs, 2) keys -> batched env state
 
     def _adam(self, lr: float, steps: int) -> optax.GradientTransformation:
         schedule = optax.linear_schedule(lr, self.config.final_lr, max(steps, 1))
@@ -91,7 +92,7 @@ class Learner:
         dummy = jnp.zeros((1, self.spec.observation_size))
         actor_params = self.actor.init(k_actor, dummy)
         critic_params = self.critic.init(k_critic, dummy)
-        env_state = jax.jit(jax.vmap(self.task.reset))(jax.random.split(k_env, cfg.num_envs))
+        env_state = self.reset_fn(jax.random.split(k_env, cfg.num_envs))
         zeros = jnp.zeros(cfg.num_envs)
         return TrainState(
             actor_params,
