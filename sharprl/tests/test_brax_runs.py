@@ -1,0 +1,123 @@
+"""Real Brax runs on the tiny cartpole task: CLI train/evaluate, resume after a kill, perturbations."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from sharprl import checkpoint, shac
+from sharprl.cli import app
+from sharprl.envs import Perturbation, make_task, perturb_system
+from sharprl.evaluate import evaluate
+from sharprl.shac_config import preset
+
+EPOCHS = 20
+STEPS = EPOCHS * 16 * 8  # cartpole preset: 16 envs x horizon 8 per epoch
+LENGTH = 200
+runner = CliRunner()
+
+
+@pytest.fixture(scope="session")
+def cli_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cartpole") / "run"
+    args = ["train", "--env", "cartpole", "--algo", "shac-asam", "--env-steps", str(STEPS), "--out", str(out)]
+    result = runner.invoke(app, [*args, "--episode-length", str(LENGTH), "--quiet"])
+    return out, result
+
+
+def test_cli_train_writes_metrics_and_checkpoint(cli_run):
+    out, result = cli_run
+    assert result.exit_code == 0, result.output
+    assert "done:" in result.output and "eval return" in result.output
+    rows = checkpoint.read_metrics(out)
+    assert [int(r["epoch"]) for r in rows] == list(range(1, EPOCHS + 1))
+    assert rows[-1]["eval_return"] != "" and int(rows[-1]["env_steps"]) == STEPS
+    meta = checkpoint.load_meta(out)
+    assert (meta["epoch"], meta["algo"], meta["env"], meta["backend"]) == (EPOCHS, "shac-asam", "cartpole", "spring")
+
+
+def test_resume_after_a_kill_loses_no_epoch_and_matches_the_uninterrupted_run(cli_run, tmp_path):
+    out, _ = cli_run
+    config = preset("cartpole", "shac-asam", env_steps=STEPS, episode_length=LENGTH)
+    task = make_task("cartpole", episode_length=LENGTH)
+
+    def kill_at_15(row):
+        if row["epoch"] == 15:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        shac.train(config, task, kill_at_15, run_dir=tmp_path)
+    assert checkpoint.load_meta(tmp_path)["epoch"] == 10 and len(checkpoint.read_metrics(tmp_path)) == 15
+    _, params, rows = shac.train(config, task, run_dir=tmp_path, resume=True)
+    assert [int(r["epoch"]) for r in checkpoint.read_metrics(tmp_path)] == list(range(1, EPOCHS + 1))
+    reference = checkpoint.load_policy(out).params
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(reference)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    result = runner.invoke(app, ["train", "--env", "cartpole", "--algo", "shac-asam", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "--resume" in result.output  # a finished run is not overwritten
+
+
+def test_cli_evaluate_is_deterministic_and_takes_perturbations(cli_run):
+    out, _ = cli_run
+    first = runner.invoke(app, ["evaluate", str(out), "--episodes", "4", "--json"])
+    second = runner.invoke(app, ["evaluate", str(out), "--episodes", "4", "--json"])
+    assert first.exit_code == 0, first.output
+    a, b = json.loads(first.output.strip().splitlines()[-1]), json.loads(second.output.strip().splitlines()[-1])
+    assert a["returns"] == b["returns"] and a["algo"] == "shac-asam" and len(a["returns"]) == 4
+    other = runner.invoke(app, ["evaluate", str(out), "--episodes", "4", "--json", "--seed", "1"])
+    assert json.loads(other.output.strip().splitlines()[-1])["returns"] != a["returns"]
+    noisy = runner.invoke(app, ["evaluate", str(out), "--episodes", "4", "--action-noise", "0.3", "--mass", "1.5"])
+    assert noisy.exit_code == 0 and "return" in noisy.output and "noise 0.3" in noisy.output
+
+
+def test_zero_perturbation_equals_nominal_and_real_ones_change_returns(cli_run):
+    out, _ = cli_run
+    loaded = checkpoint.load_policy(out)
+    task = make_task("cartpole", episode_length=LENGTH)
+
+    def ret(pert):
+        return evaluate(loaded.make_policy, loaded.params, task, pert, episodes=4, seed=0).returns
+
+    nominal = evaluate(loaded.make_policy, loaded.params, task, None, episodes=4, seed=0).returns
+    assert ret(Perturbation(action_noise=0.0, friction_scale=1.0, mass_scale=1.0, gravity_scale=1.0)) == nominal
+    assert ret(Perturbation(action_noise=0.3)) != nominal
+    assert ret(Perturbation(mass_scale=3.0)) != nominal
+
+
+def test_perturb_system_scales_friction_mass_and_gravity():
+    sys = make_task("cartpole").nominal_env.sys
+    new = perturb_system(sys, 0.5, 2.0, 0.25)
+    np.testing.assert_allclose(new.geom_friction, 0.5 * sys.geom_friction)
+    np.testing.assert_allclose(new.link.inertia.mass, 2.0 * sys.link.inertia.mass)
+    np.testing.assert_allclose(new.body_mass, 2.0 * sys.body_mass)
+    np.testing.assert_allclose(new.gravity, 0.25 * sys.gravity)
+
+
+def test_cli_errors_are_one_line_with_exit_code_2(tmp_path):
+    for args, text in (
+        (["evaluate", str(tmp_path / "missing")], "no checkpoint.msgpack"),
+        (["train", "--env", "cartpole", "--algo", "bogus", "--out", str(tmp_path)], "unknown --algo"),
+        (["train", "--env", "moon", "--out", str(tmp_path)], "unknown env"),
+        (["evaluate", str(tmp_path), "--mass", "-1"], "no checkpoint.msgpack"),
+    ):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, result.output
+        lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+        assert len(lines) == 1 and text in lines[0] and "Traceback" not in result.output
+    with pytest.raises(Exception, match="mass_scale"):
+        Perturbation(mass_scale=0.0)
+
+
+def test_cli_curves_plots_runs(cli_run, tmp_path):
+    out, _ = cli_run
+    result = runner.invoke(app, ["curves", str(out), "--out", str(tmp_path), "--title", "cartpole"])
+    assert result.exit_code == 0, result.output
+    assert "shac-asam seed 0" in result.output
+    for name in ("curves_env_steps.png", "curves_wall_clock.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+    bad = runner.invoke(app, ["curves", str(tmp_path), "--out", str(tmp_path)])
+    assert bad.exit_code == 2 and "no evaluation or training-return rows" in bad.output
