@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 export MPLBACKEND := Agg
 
-.PHONY: setup demo test test-mcushard test-sharprl bench lint clean
+.PHONY: setup demo test test-mcushard test-sharprl test-slow bench lint clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,9 @@ test-mcushard: setup
 
 test-sharprl: setup
 	cd sharprl && ../$(BIN)/pytest -q
+
+test-slow: setup
+	cd sharprl && ../$(BIN)/pytest -q -m slow
 
 bench: setup
 	@for f in mcushard/benchmarks/*.py sharprl/benchmarks/*.py; do \

@@ -64,6 +64,7 @@ def tiny_study(tmp_path_factory):
     return app, out, result
 
 
+@pytest.mark.slow
 def test_reproduce_tiny_writes_the_report_with_three_judged_claims(tiny_study):
     _, out, result = tiny_study
     assert result.exit_code == 0, result.output
@@ -77,6 +78,7 @@ def test_reproduce_tiny_writes_the_report_with_three_judged_claims(tiny_study):
     assert "rho=0 (shac)" in report and "rho=0.1" in report
 
 
+@pytest.mark.slow
 def test_reproduce_again_resumes_and_reruns_nothing(tiny_study):
     app, out, _ = tiny_study
     before = {p: p.stat().st_mtime_ns for p in out.rglob("result.json")}
@@ -86,6 +88,7 @@ def test_reproduce_again_resumes_and_reruns_nothing(tiny_study):
     assert {p: p.stat().st_mtime_ns for p in out.rglob("result.json")} == before
 
 
+@pytest.mark.slow
 def test_rho_sweep_reuses_the_study_runs(tiny_study):
     app, out, _ = tiny_study
     args = ["rho-sweep", "--env", "cartpole", "--rhos", "0.5,0.1", "--env-steps", "512", "--noise", "0.25"]
