@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+
 from mcushard.errors import McushardError
 from mcushard.model.bert_weights import (
     bert_shapes,

@@ -107,7 +107,8 @@ def llama_from_hf(r: _Reader, name: str) -> LlamaConfig:
     )
     head_dim = r.data.get("head_dim")
     if head_dim is not None and head_dim != cfg.head_dim:
-        raise r.fail("head_dim", f"is {head_dim!r}; only hidden_size / num_attention_heads = {cfg.head_dim} is supported")
+        raise r.fail("head_dim",
+                     f"is {head_dim!r}; only hidden_size / num_attention_heads = {cfg.head_dim} is supported")
     return cfg
 
 
