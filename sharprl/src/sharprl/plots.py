@@ -28,6 +28,16 @@ def _save(fig, path: Path) -> Path:
     return Path(path)
 
 
+def _finish(fig, ax, path: Path, xlabel: str, ylabel: str, title: str) -> Path:
+    """Labels, title, grid and legend of a one-axes line plot, then save it."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
 def band_plot(
     path: Path,
     curves: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
@@ -42,12 +52,7 @@ def band_plot(
         x, mean, spread = np.asarray(x)[order], np.asarray(mean)[order], np.asarray(spread)[order]
         (line,) = ax.plot(x, mean, marker="o", ms=3, label=label)
         ax.fill_between(x, mean - spread, mean + spread, color=line.get_color(), alpha=0.2, lw=0)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save(fig, path)
+    return _finish(fig, ax, path, xlabel, ylabel, title)
 
 
 def heatmaps(
@@ -100,12 +105,7 @@ def lines(
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for label, (x, y) in curves.items():
         ax.plot(x, y, label=label)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save(fig, path)
+    return _finish(fig, ax, path, xlabel, ylabel, title)
 
 
 def contours(path: Path, surfaces: Mapping[str, tuple[np.ndarray, np.ndarray]], title: str) -> Path:
