@@ -97,6 +97,24 @@ def test_perturb_system_scales_friction_mass_and_gravity():
     np.testing.assert_allclose(new.gravity, 0.25 * sys.gravity)
 
 
+def test_mass_scale_reaches_the_effective_masses_spring_simulates():
+    # Brax's Ant sets spring_mass_scale = 1: spring simulates mass ** 0 = 1 for every link, so the
+    # scale must act on the effective masses, and scale 1 must leave them exactly nominal.
+    sys = make_task("ant", backend="spring").nominal_env.sys
+
+    def effective(s):
+        i_diag = np.diagonal(np.asarray(s.link.inertia.i), axis1=-2, axis2=-1)  # (links, 3)
+        return (np.asarray(s.link.inertia.mass) ** (1 - s.spring_mass_scale), i_diag ** (1 - s.spring_inertia_scale))
+
+    mass0, inertia0 = effective(sys)
+    np.testing.assert_array_equal(effective(perturb_system(sys, backend="spring"))[0], mass0)
+    mass2, inertia2 = effective(perturb_system(sys, 1.0, 2.0, 1.0, backend="spring"))
+    np.testing.assert_allclose(mass2, 2.0 * mass0)
+    np.testing.assert_allclose(inertia2, 2.0 * inertia0)
+    raw = perturb_system(sys, 1.0, 2.0, 1.0, backend="generalized")  # generalized uses the raw masses
+    np.testing.assert_allclose(raw.link.inertia.mass, 2.0 * sys.link.inertia.mass)
+
+
 def test_cli_errors_are_one_line_with_exit_code_2(tmp_path):
     for args, text in (
         (["evaluate", str(tmp_path / "missing")], "no checkpoint.msgpack"),

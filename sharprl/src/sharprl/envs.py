@@ -92,18 +92,33 @@ class Perturbation:
         return self == Perturbation()
 
 
-def perturb_system(sys, friction_scale=1.0, mass_scale=1.0, gravity_scale=1.0):
+# Backends that simulate "effective" masses ``mass ** (1 - sys.spring_mass_scale)`` (and the same for
+# the inertia diagonal): Brax's Ant sets both exponents to 1, so its effective masses are all 1 and
+# scaling ``link.inertia`` alone would change nothing there.
+EFFECTIVE_MASS_BACKENDS = ("spring", "positional")
+
+
+def perturb_system(sys, friction_scale=1.0, mass_scale=1.0, gravity_scale=1.0, backend: str = "generalized"):
     """A copy of the Brax ``System`` with friction, masses/inertias and gravity scaled.
 
-    Scales may be Python floats or traced scalars. Both the maximal-coordinate fields (``link.inertia``,
-    ``gravity``: spring/positional/generalized) and MuJoCo's (``body_mass``, ``opt.gravity``: mjx) are
-    edited so every backend sees the change.
+    Scales may be Python floats or traced scalars. For ``spring``/``positional`` the mass scale
+    multiplies the masses and inertias the backend actually simulates: they are folded into
+    ``link.inertia`` with the spring exponents set to 0, so ``mass_scale=1`` simulates exactly the
+    nominal system. MuJoCo's fields (``body_mass``, ``body_inertia``, ``opt.gravity``: mjx) are
+    edited too, so every backend sees the change.
     """
+    mass, inertia = sys.link.inertia.mass, sys.link.inertia.i  # (links,), (links, 3, 3)
+    edits = {}
+    if backend in EFFECTIVE_MASS_BACKENDS:
+        mass = mass ** (1 - sys.spring_mass_scale)
+        inertia = inertia ** (1 - sys.spring_inertia_scale)
+        edits = {"spring_mass_scale": 0.0, "spring_inertia_scale": 0.0}
     return sys.tree_replace(
         {
+            **edits,
             "geom_friction": sys.geom_friction * friction_scale,
-            "link.inertia.mass": sys.link.inertia.mass * mass_scale,
-            "link.inertia.i": sys.link.inertia.i * mass_scale,
+            "link.inertia.mass": mass * mass_scale,
+            "link.inertia.i": inertia * mass_scale,
             "body_mass": sys.body_mass * mass_scale,
             "body_inertia": sys.body_inertia * mass_scale,
             "gravity": sys.gravity * gravity_scale,
@@ -153,6 +168,7 @@ class Task:
             perturbation.friction_scale,
             perturbation.mass_scale,
             perturbation.gravity_scale,
+            self.backend,
         )
         return dataclasses.replace(self, env=with_system(self.nominal_env, sys), perturbation=perturbation)
 

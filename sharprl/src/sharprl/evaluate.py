@@ -53,7 +53,7 @@ def _compiled_rollout(make_policy: MakePolicy, task: Task, episodes: int, determ
         # scales: (3,) friction, mass, gravity; action_noise: () fraction of the action range
         env = base_env  # (a non-Brax test env without a System takes no physical perturbation)
         if hasattr(base_env, "sys"):
-            env = with_system(base_env, perturb_system(base_env.sys, scales[0], scales[1], scales[2]))
+            env = with_system(base_env, perturb_system(base_env.sys, scales[0], scales[1], scales[2], task.backend))
         policy = make_policy(params, deterministic)
         rng_reset, rng_run = jax.random.split(rng)
         state = jax.vmap(env.reset)(jax.random.split(rng_reset, episodes))
