@@ -106,6 +106,25 @@ def test_int8_tracks_fp32_and_is_deterministic(tiny):
         assert np.linalg.norm(got - ref) < 0.05 * np.linalg.norm(ref - ref.mean())
 
 
+@pytest.mark.parametrize("scheme", ["w8a16-gptq", "w8a12-gptq"])
+def test_int8_gemm_and_float_blas_kernels_decode_bit_identically(tiny, scheme, monkeypatch):
+    """Every product on the int8 GEMM path, then every product on float BLAS: the same logits."""
+    from dataclasses import replace
+
+    from mcushard.runtime import kernels
+
+    cfg, _, qm = tiny
+    qm = replace(qm, scheme=SCHEMES[scheme])
+    monkeypatch.setattr(kernels, "INT8_MIN_WEIGHTS", 0)
+    gemm = I.LlamaInt8(qm)
+    monkeypatch.setattr(kernels, "INT8_MIN_WEIGHTS", 1 << 62)
+    blas = I.LlamaInt8(qm)
+    assert {lin.backend for lin in gemm.lin.values()} == {"int8"}
+    assert {lin.backend for lin in blas.lin.values()} == {"float"}
+    for pos, token in enumerate([1, 5, 9, 33, 2, 60, 17, 40]):
+        assert np.array_equal(gemm.step(token, pos), blas.step(token, pos))
+
+
 def test_split_partial_sums_are_bit_exact(tiny):
     """A row-split projection cut anywhere along K adds int64 partial sums to the unsplit result."""
     cfg, _, qm = tiny

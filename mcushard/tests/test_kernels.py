@@ -1,3 +1,5 @@
+import pickle
+
 import numpy as np
 import pytest
 
@@ -15,28 +17,36 @@ def int64_matmul(w, x):
     return w.astype(np.int64) @ x.astype(np.int64)
 
 
+BACKENDS = ["float", "int8"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("x_bits", [8, 12, 16, 24])
 @pytest.mark.parametrize("shape", [(7, 5), (64, 1376), (33, 2100)])
-def test_exact_linear_random(shape, x_bits):
+def test_exact_linear_random(shape, x_bits, backend):
     rng = np.random.default_rng(sum(shape) + x_bits)
-    w = rng.integers(-127, 128, size=shape, dtype=np.int8)
+    w = rng.integers(-128, 128, size=shape, dtype=np.int8)
     hi = 2 ** (x_bits - 1)
-    x = rng.integers(-hi, hi, size=shape[1])
-    lin = ExactLinear(w, x_bits)
+    x = rng.integers(-hi, hi + 1, size=shape[1])
+    lin = ExactLinear(w, x_bits, backend)
+    assert lin.backend == backend
     assert np.array_equal(lin(x), int64_matmul(w, x))
     x2 = rng.integers(-hi, hi, size=(shape[1], 3))  # several right-hand sides
     assert np.array_equal(lin(x2), int64_matmul(w, x2))
 
 
 @pytest.mark.parametrize(("x_bits", "x_extreme"), [(8, 127), (8, -128), (12, -2048), (16, 32767),
-                                                   (16, -32768), (24, 2**23 - 1), (24, -(2**23))])
-def test_exact_linear_worst_case(x_bits, x_extreme):
+                                                   (16, -32768), (24, 2**23 - 1), (24, -(2**23)),
+                                                   (12, 2048), (16, 32768)])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_exact_linear_worst_case(x_bits, x_extreme, backend):
     # every product at its largest magnitude with one sign: the partial sums are as large as possible
+    # (and on the int8 path every 7-bit digit is at 127, or 0, beside a weight of magnitude 128)
     k = 3000
     for w_val in (127, -127, -128):
         w = np.full((4, k), w_val, dtype=np.int8)
         x = np.full(k, x_extreme, dtype=np.int64)
-        y = ExactLinear(w, x_bits)(x)
+        y = ExactLinear(w, x_bits, backend)(x)
         assert np.array_equal(y, int64_matmul(w, x))
         assert abs(int(y[0])) > F32_EXACT  # the true result is far beyond float32's exact range
 
@@ -63,10 +73,33 @@ def test_chunk_respects_exactness_bounds(x_bits, k_chunk, dtype):
     assert lin.n_chunks == -(-5000 // k_chunk)
 
 
-def test_exact_linear_rejects_inputs_wider_than_declared():
-    lin = ExactLinear(np.ones((2, 3), np.int8), 8)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_exact_linear_rejects_inputs_wider_than_declared(backend):
+    lin = ExactLinear(np.ones((2, 3), np.int8), 8, backend)
     with pytest.raises(McushardError, match="exceeds 128"):
         lin(np.array([0, 129, 0]))
+
+
+def test_large_matrices_take_the_int8_path_and_small_ones_float():
+    assert ExactLinear(np.ones((256, 256), np.int8), 12).backend == "int8"
+    assert ExactLinear(np.ones((64, 64), np.int8), 12).backend == "float"
+    with pytest.raises(McushardError, match="not available"):  # int16 weights do not fit the int8 GEMM
+        ExactLinear(np.full((2, 3), 300, np.int16), 8, "int8")
+    assert ExactLinear(np.full((300, 300), 300, np.int16), 8).backend == "float"
+
+
+def test_int8_path_pickles_and_takes_narrow_input_dtypes():
+    rng = np.random.default_rng(5)
+    w = rng.integers(-128, 128, size=(40, 300), dtype=np.int8)
+    lin = ExactLinear(w, 16, "int8")
+    x = rng.integers(-32768, 32768, size=300).astype(np.int16)
+    y = lin(x)
+    assert y.dtype == np.int64 and np.array_equal(y, int64_matmul(w, x))
+    again = pickle.loads(pickle.dumps(lin))  # the session is rebuilt on first use
+    assert np.array_equal(again(x), y)
+    for n in (2, 1, 2):  # per-batch-size buffers are reused across calls without mixing
+        xs = rng.integers(-32768, 32768, size=(300, n))
+        assert np.array_equal(again(xs), int64_matmul(w, xs))
 
 
 def test_exact_linear_rejects_float_input():
@@ -82,18 +115,3 @@ def test_exact_matmul_f64():
     big = np.full((1, 2**12), 2**21)
     with pytest.raises(McushardError, match="2\\^53"):
         exact_matmul_f64(big, big.T)
-
-
-@pytest.mark.parametrize("x_bits", [12, 16])
-def test_threaded_split_is_exact(x_bits, monkeypatch):
-    from mcushard.runtime import kernels
-
-    rng = np.random.default_rng(x_bits)
-    w = rng.integers(-128, 128, size=(600, 1000), dtype=np.int8)  # 600k weights: split over two threads
-    x = rng.integers(-(2 ** (x_bits - 1)), 2 ** (x_bits - 1), size=(1000, 3))
-    lin = ExactLinear(w, x_bits)
-    assert lin.out * lin.k >= kernels.PARALLEL_MIN_WEIGHTS and lin.n_chunks > 1
-    threaded = lin(x)
-    monkeypatch.setattr(kernels, "THREADS", [1])
-    assert np.array_equal(threaded, lin(x))
-    assert np.array_equal(threaded, int64_matmul(w, x))

@@ -1,24 +1,29 @@
-"""Exact integer matrix products computed with float BLAS.
+"""Exact integer matrix products, computed by an int8 GEMM (onnxruntime) or by float BLAS.
 
-numpy's integer matmul does not use BLAS and is slow. Float BLAS is exact on integer inputs when
-every partial sum is an integer that the float type represents exactly: for float32 that holds
-while |partial sum| <= 2^24, for float64 while <= 2^53. Whatever order BLAS adds the products in
-(blocking, FMA, threads), every partial sum is a sum of a subset of the K products, so it is bounded
-by K * max|w| * max|x|. Keeping that bound under the limit makes every product and every addition
-exact, hence the result equals the int64 matrix product bit for bit.
+`ExactLinear(w, x_bits)` holds an int8 weight matrix W [out, K] for integer activations of at most
+`x_bits` bits and returns W @ x as int64, equal to the int64 product bit for bit. Two exact paths:
 
-`ExactLinear(w, x_bits)` holds an int8 weight matrix for activations of at most `x_bits` bits,
-transposed and cut along K into chunks of k_chunk rows with k_chunk * max|w| * 2^(x_bits-1) <= 2^24
-(1024 for 8-bit activations, 64 for 12-bit, 4 for 16-bit): one batched float32 product gives every
-chunk's exact partial result, and the chunks are added in float64 (exact far below 2^53). Weights
-are read once, as float32 (the bytes of an fp32 model). When even one row would break the float32
-bound (activations over 16 bits), the matrix is held in float64 instead, under the 2^53 bound.
-An MCU computes the same integers with 8/16-bit SIMD multiply-accumulate into 32/64-bit registers.
+- int8 GEMM (matrices of at least `INT8_MIN_WEIGHTS` weights, when onnxruntime is installed): the
+  weights stay int8 (a quarter of fp32's memory traffic; decode is bound by reading the weights). The
+  activation is shifted to v = x + 2^(x_bits-1) >= 0 and cut into unsigned 7-bit digits,
+  v = sum_i 128^i d_i, which go through one ONNX `MatMulInteger` (uint8 x int8 -> int32) as extra
+  rows; y = sum_i 128^i (W @ d_i) - 2^(x_bits-1) * rowsum(W). Every int32 accumulator is bounded by
+  K * 127 * 128 < 2^31, and a pair of adjacent products by 2 * 127 * 128 < 2^15, so not even an
+  int16 pair-add SIMD path (x86 vpmaddubsw, which saturates) can round: the result is exact
+  whatever kernel onnxruntime picks. This is also what an MCU does: 8-bit SIMD multiply-accumulate
+  into 32-bit registers, a wide activation as several narrow passes.
+- float BLAS (small matrices, where a call's fixed cost dominates): float BLAS is exact on integer
+  inputs while every partial sum stays an exactly representable integer, |.| <= 2^24 in float32,
+  2^53 in float64. Whatever order BLAS adds the products in, every partial sum is a sum of a subset
+  of the K products, bounded by K * max|w| * max|x|. The matrix is held transposed and cut along K
+  into chunks of k_chunk rows with k_chunk * max|w| * 2^(x_bits-1) <= 2^24 (1024 for 8-bit
+  activations, 64 for 12-bit, 4 for 16-bit); one batched float32 product gives every chunk's exact
+  partial result and the chunks are added in float64. Past 16-bit activations it is float64.
+
+`exact_matmul_f64` multiplies two integer-valued activation tensors (attention) in float64 BLAS.
 """
 
 from __future__ import annotations
-
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -26,6 +31,9 @@ from mcushard.errors import McushardError
 
 F32_EXACT = 2**24  # every integer of magnitude <= 2^24 is exact in float32
 F64_EXACT = 2**53  # likewise for float64
+INT32_MAX = 2**31 - 1
+DIGIT_BITS = 7  # unsigned activation digits [0, 127]: 2 * 127 * 128 < 2^15 (no int16 pair saturation)
+INT8_MIN_WEIGHTS = 1 << 16  # smaller matrices take the float path (lower fixed cost per call)
 
 
 def partial_sum_bound(k: int, w_max: int, x_max: int) -> int:
@@ -38,19 +46,43 @@ def max_abs(x: np.ndarray) -> int:
     return max(int(np.max(x)), -int(np.min(x))) if x.size else 0
 
 
+def _onnxruntime():
+    """The onnxruntime module, or None when it is not installed (then every product is float BLAS)."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    return onnxruntime
+
+
 class ExactLinear:
     """y = W @ x, exact, for an int8 matrix W [out, K] and integer x [K] or [K, n] with |x| <= 2^(x_bits-1).
 
     Returns int64 [out] or [out, n]. Input that is not integer or exceeds x_bits is a McushardError.
+    `backend` is "int8" (onnxruntime int8 GEMM) or "float" (chunked float BLAS); both are exact.
     """
 
-    def __init__(self, w_int: np.ndarray, x_bits: int = 8) -> None:
+    def __init__(self, w_int: np.ndarray, x_bits: int = 8, backend: str | None = None) -> None:
         w_int = np.asarray(w_int)
         if w_int.ndim != 2 or not np.issubdtype(w_int.dtype, np.integer):
             raise McushardError(f"ExactLinear needs a 2-D integer matrix, got {w_int.dtype} {w_int.shape}")
         self.out, self.k = w_int.shape  # [out, K]
         self.x_max = 2 ** (x_bits - 1)
         self.w_max = max(max_abs(w_int), 1)
+        int8_ok = (self.w_max <= 128 and _onnxruntime() is not None
+                   and partial_sum_bound(self.k, self.w_max, 1 << DIGIT_BITS) <= INT32_MAX)
+        if backend is None:
+            backend = "int8" if int8_ok and self.out * self.k >= INT8_MIN_WEIGHTS else "float"
+        if backend not in ("int8", "float") or (backend == "int8" and not int8_ok):
+            raise McushardError(f"ExactLinear backend {backend!r} is not available for this matrix")
+        self.backend = backend
+        self._buffers: dict[int, tuple] = {}  # n -> buffers reused across calls of batch size n
+        if backend == "int8":
+            self._init_int8(w_int)
+        else:
+            self._init_float(w_int)
+
+    def _init_float(self, w_int: np.ndarray) -> None:
         self.dtype, limit = np.float32, F32_EXACT
         if self.w_max * self.x_max > F32_EXACT:
             self.dtype, limit = np.float64, F64_EXACT
@@ -61,7 +93,17 @@ class ExactLinear:
         padded = np.zeros((self.k_padded, self.out), self.dtype)  # [K padded, out]
         padded[: self.k] = w_int.T
         self.wt = padded.reshape(self.n_chunks, self.k_chunk, self.out)  # [chunks, k_chunk, out]
-        self._buffers: dict[int, np.ndarray] = {}  # n -> [n, K padded] input buffer
+
+    def _init_int8(self, w_int: np.ndarray) -> None:
+        self.n_digits = -(-(2 * self.x_max).bit_length() // DIGIT_BITS)  # digits of x + x_max in [0, 2 x_max]
+        self.wt_int8 = np.ascontiguousarray(w_int.T, dtype=np.int8)  # [K, out]
+        self.offset_rows = self.x_max * np.sum(w_int, axis=1, dtype=np.int64)  # [out]
+        self._session = None  # built on first use (and again after unpickling)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_session"], state["_buffers"] = None, {}  # an onnxruntime session does not pickle
+        return state
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x)
@@ -70,38 +112,67 @@ class ExactLinear:
         if max_abs(x) > self.x_max:
             raise McushardError(f"ExactLinear input exceeds {self.x_max} (declared bits): {max_abs(x)}")
         xt = x.reshape(self.k, -1).T  # [n, K]
-        n = xt.shape[0]
-        xp = self._buffers.get(n)
-        if xp is None:  # one zero-padded input buffer per batch size, reused across calls
-            xp = self._buffers[n] = np.zeros((n, self.k_padded), self.dtype)  # [n, K padded]
-        xp[:, : self.k] = xt
-        if self.n_chunks == 1:  # a plain product (BLAS threads it as it sees fit)
-            y = (xp @ self.wt[0]).astype(np.int64)  # [n, out]
-        else:
-            chunks = xp.reshape(n, self.n_chunks, self.k_chunk).transpose(1, 0, 2)  # [chunks, n, k_chunk]
-            if THREADS[0] > 1 and self.out * self.k >= PARALLEL_MIN_WEIGHTS:  # BLAS releases the GIL
-                cut = self.n_chunks // 2
-                halves = _pool().map(lambda c: _chunk_sum(chunks[c], self.wt[c]), (slice(0, cut), slice(cut, None)))
-                y = sum(halves).astype(np.int64)  # [n, out]
-            else:
-                y = _chunk_sum(chunks, self.wt).astype(np.int64)  # [n, out]
+        y = self._int8(xt) if self.backend == "int8" else self._float(xt)  # [n, out]
         return y[0] if x.ndim == 1 else y.T
 
+    def _float(self, xt: np.ndarray) -> np.ndarray:
+        n = xt.shape[0]
+        xp = self._buffers.get(n)
+        if xp is None:  # one zero-padded input buffer per batch size
+            xp = self._buffers[n] = np.zeros((n, self.k_padded), self.dtype)  # [n, K padded]
+        xp[:, : self.k] = xt
+        if self.n_chunks == 1:
+            return (xp @ self.wt[0]).astype(np.int64)  # [n, out]
+        chunks = xp.reshape(n, self.n_chunks, self.k_chunk).transpose(1, 0, 2)  # [chunks, n, k_chunk]
+        return np.matmul(chunks, self.wt).sum(axis=0, dtype=np.float64).astype(np.int64)  # [n, out]
 
-def _chunk_sum(chunks: np.ndarray, wt: np.ndarray) -> np.ndarray:
-    """chunks [c, n, k_chunk] @ wt [c, k_chunk, out], each product exact in float32, added in float64 -> [n, out]."""
-    return np.matmul(chunks, wt).sum(axis=0, dtype=np.float64)
+    def _int8(self, xt: np.ndarray) -> np.ndarray:
+        n = xt.shape[0]
+        bufs = self._buffers.get(n)
+        if bufs is None:
+            bufs = self._buffers[n] = self._bind(n)
+        digits, acc, binding = bufs  # uint8 [digits, n, K], int32 [digits, n, out]
+        v = np.add(xt, self.x_max, dtype=np.int64)  # [n, K] in [0, 2 x_max]
+        digits[0] = v & ((1 << DIGIT_BITS) - 1)
+        for i in range(1, self.n_digits):
+            digits[i] = (v >> (DIGIT_BITS * i)) & ((1 << DIGIT_BITS) - 1)
+        self._session.run_with_iobinding(binding)
+        y = acc[-1].astype(np.int64)  # [n, out], Horner from the top digit
+        for i in range(self.n_digits - 2, -1, -1):
+            y <<= DIGIT_BITS
+            y += acc[i]
+        y -= self.offset_rows
+        return y
+
+    def _bind(self, n: int) -> tuple:
+        """Input/output buffers for batch size n, bound to the session once."""
+        if self._session is None:
+            self._session = _matmul_integer_session(self.wt_int8)
+        digits = np.empty((self.n_digits, n, self.k), np.uint8)  # [digits, n, K]
+        acc = np.empty((self.n_digits, n, self.out), np.int32)  # [digits, n, out]
+        binding = self._session.io_binding()
+        binding.bind_cpu_input("A", digits.reshape(-1, self.k))
+        binding.bind_output("Y", "cpu", 0, np.int32, acc.reshape(-1, self.out).shape, acc.ctypes.data)
+        return digits, acc, binding
 
 
-THREADS = [2]  # threads that split a chunked product (two halves of the chunks); [1] = none
-PARALLEL_MIN_WEIGHTS = 1 << 18  # smaller matrices are not worth a thread hand-off
-_POOL: list[ThreadPoolExecutor] = []
+def _matmul_integer_session(wt_int8: np.ndarray):
+    """A one-thread onnxruntime session computing A (uint8 [rows, K]) @ B (the int8 constant [K, out])
+    as int32 [rows, out]; onnxruntime packs B once when the session is created."""
+    from onnx import TensorProto, helper, numpy_helper
 
-
-def _pool() -> ThreadPoolExecutor:
-    if not _POOL:
-        _POOL.append(ThreadPoolExecutor(max_workers=2, thread_name_prefix="exact-linear"))
-    return _POOL[0]
+    ort = _onnxruntime()
+    k, out = wt_int8.shape
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["A", "B"], ["Y"])], "exact_linear",
+        [helper.make_tensor_value_info("A", TensorProto.UINT8, ["rows", k])],
+        [helper.make_tensor_value_info("Y", TensorProto.INT32, ["rows", out])],
+        [numpy_helper.from_array(wt_int8, "B")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1  # GEMV is bound by memory traffic; the caller owns any parallelism
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
 def exact_matmul_f64(a: np.ndarray, b: np.ndarray, a_max: int | None = None, b_max: int | None = None
