@@ -133,14 +133,16 @@ class ExactLinear:
             bufs = self._buffers[n] = self._bind(n)
         digits, acc, binding = bufs  # uint8 [digits, n, K], int32 [digits, n, out]
         v = np.add(xt, self.x_max, dtype=np.int64)  # [n, K] in [0, 2 x_max]
-        digits[0] = v & ((1 << DIGIT_BITS) - 1)
-        for i in range(1, self.n_digits):
-            digits[i] = (v >> (DIGIT_BITS * i)) & ((1 << DIGIT_BITS) - 1)
+        mask, top = (1 << DIGIT_BITS) - 1, self.n_digits - 1
+        for i in range(top):
+            np.bitwise_and(v >> (DIGIT_BITS * i) if i else v, mask, out=digits[i], casting="unsafe")
+        np.right_shift(v, DIGIT_BITS * top, out=digits[top], casting="unsafe")  # < 128 as v <= 2 x_max
         self._session.run_with_iobinding(binding)
-        y = acc[-1].astype(np.int64)  # [n, out], Horner from the top digit
-        for i in range(self.n_digits - 2, -1, -1):
-            y <<= DIGIT_BITS
+        y = np.multiply(acc[top], 1 << DIGIT_BITS, dtype=np.int64)  # [n, out], Horner from the top digit
+        for i in range(top - 1, 0, -1):
             y += acc[i]
+            y <<= DIGIT_BITS
+        y += acc[0]
         y -= self.offset_rows
         return y
 
