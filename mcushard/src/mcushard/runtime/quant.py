@@ -144,9 +144,9 @@ SCHEMES: dict[str, QuantScheme] = {s.name: s for s in (
     QuantScheme("w8a12-rtn", "rtn", 12, 12, 12, 12, 8),
     QuantScheme("w8a12-gptq", "gptq", 12, 12, 12, 12, 8),
 )}
-# 12-bit activations (in int16 containers on the MCU: same SIMD cost as 16-bit) keep every float32
-# partial sum exact over 64-column chunks, so the host simulation reads the weights once; the
-# classifier input is 8-bit (one 1024-column chunk). >= 90% agreement on stories260K.
+# 12-bit activations (in int16 containers on the MCU: same SIMD cost as 16-bit) take two 7-bit digit
+# passes in the host simulation's int8 GEMM (16-bit take three; see `kernels`); the classifier input
+# is 8-bit. >= 90% agreement on stories260K.
 DEFAULT_SCHEME = "w8a12-gptq"
 
 
