@@ -43,7 +43,7 @@ def partial_sum_bound(k: int, w_max: int, x_max: int) -> int:
 
 def max_abs(x: np.ndarray) -> int:
     """max |x| as a Python int (no overflow: np.abs of int8 -128 is -128)."""
-    return max(int(np.max(x)), -int(np.min(x))) if x.size else 0
+    return max(int(np.maximum.reduce(x, axis=None)), -int(np.minimum.reduce(x, axis=None))) if x.size else 0
 
 
 def _onnxruntime():
@@ -107,7 +107,7 @@ class ExactLinear:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x)
-        if not np.issubdtype(x.dtype, np.integer):
+        if x.dtype.kind not in "iu":
             raise McushardError(f"ExactLinear input must be integer, got {x.dtype}")
         if max_abs(x) > self.x_max:
             raise McushardError(f"ExactLinear input exceeds {self.x_max} (declared bits): {max_abs(x)}")
