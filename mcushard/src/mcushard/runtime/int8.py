@@ -27,7 +27,7 @@ import numpy as np
 
 from mcushard.model.config import LlamaConfig
 from mcushard.model.weights import Weights
-from mcushard.runtime.kernels import ExactLinear, exact_matmul_f64
+from mcushard.runtime.kernels import ExactLinear, exact_matmul_f64, max_abs
 from mcushard.runtime.quant import (
     DEFAULT_SCHEME,
     RES_BITS,
@@ -75,8 +75,8 @@ def rmsnorm_int(x: np.ndarray, gain: np.ndarray, eps_units: int, bits: int) -> t
     """
     ss = int(np.dot(x, x))  # exact: |x| < 2^26, dim < 2^11
     rms = max(math.isqrt(ss // x.shape[0] + eps_units), 1)
-    num = x * gain.astype(np.int64)  # [dim], |.| < 2^41
-    peak = int(np.max(np.abs(num)))
+    num = np.multiply(x, gain, dtype=np.int64)  # [dim], |.| < 2^41
+    peak = max_abs(num)
     if peak == 0:
         return np.zeros_like(x), 1.0
     q = qmax(bits)
@@ -102,7 +102,7 @@ def softmax_int(scores: np.ndarray, log2_ratio: np.ndarray | float, keep: np.nda
     key kept gets uniform probabilities). Returns int64 Q15 probabilities [..., T].
     """
     if keep is None:
-        top = np.max(scores, axis=-1, keepdims=True)
+        top = np.maximum.reduce(scores, axis=-1, keepdims=True)
     else:
         keep = np.broadcast_to(keep, scores.shape)
         top = np.max(np.where(keep, scores, np.iinfo(np.int64).min), axis=-1, keepdims=True)
@@ -114,7 +114,7 @@ def softmax_int(scores: np.ndarray, log2_ratio: np.ndarray | float, keep: np.nda
         d = np.where(none_kept, 0, d)
     shift = np.minimum(d >> EXP_FRAC, 62)
     e = EXP2_TABLE[d & ((1 << EXP_FRAC) - 1)] >> shift  # [..., T], the max is EXP_ONE exactly
-    total = np.sum(e, axis=-1, keepdims=True)
+    total = np.add.reduce(e, axis=-1, keepdims=True)
     return ((e << PROB_FRAC) + total // 2) // total
 
 
