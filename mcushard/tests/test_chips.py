@@ -8,7 +8,8 @@ import pytest
 
 from mcushard.errors import McushardError
 from mcushard.partition.collectives import ALGORITHMS, bytes_sent, edges, schedule
-from mcushard.runtime.chips import ChipCluster, all_reduce
+from mcushard.runtime.chips import ChipCluster, all_reduce, chip_cpus
+from mcushard.runtime.links import SLOT_BYTES, SLOTS
 
 
 class _Reducer:
@@ -32,6 +33,11 @@ class _Reducer:
             return None
         if request == "pid":
             return os.getpid()
+        if request == "wait_peer":  # blocks on a link no peer sends on
+            return self.links.recv((self.links.chip + 1) % len(self.group))
+        if request == "long":  # a vector longer than a link's buffer: multi-slot messages, sender thread
+            rounds = schedule("ring", self.group, LONG)
+            return all_reduce(self.links, rounds, np.full(LONG, self.links.chip + 1, np.int32))
         raise AssertionError(request)
 
 
@@ -40,6 +46,7 @@ def _make(chip, links, init):
 
 
 LENGTH = 37
+LONG = SLOTS * SLOT_BYTES  # int32 elements: each ring chunk of 3 chips spans several slots
 
 
 def _cluster(n, timeout_s=20.0):
@@ -98,3 +105,32 @@ def test_chip_exits_when_host_connection_closes():
         time.sleep(0.1)
     assert not [p for p in cluster._procs if p.is_alive()], "chips outlived their host connection"
     cluster.close()
+
+
+def test_long_vectors_cross_links_in_several_slots():
+    cluster, _ = _cluster(3)
+    with cluster:
+        cluster.request(3)
+        for result in cluster.request("long"):
+            np.testing.assert_array_equal(result, np.full(LONG, 1 + 2 + 3, np.int32))
+
+
+def test_chip_blocked_on_a_link_leaves_when_host_goes():
+    cluster, _ = _cluster(2)
+    cluster.request(2)
+    for conn in cluster._control:
+        conn.send("wait_peer")  # both chips now wait on each other's link
+    time.sleep(0.3)
+    for conn in cluster._control:
+        conn.close()
+    deadline = time.time() + 10
+    while time.time() < deadline and any(p.is_alive() for p in cluster._procs):
+        time.sleep(0.1)
+    assert not [p for p in cluster._procs if p.is_alive()], "chips blocked on links outlived their host"
+    cluster.close()
+
+
+def test_chips_share_cpus_in_contiguous_blocks():
+    assert chip_cpus(8, [0, 1]) == [{0}] * 4 + [{1}] * 4
+    assert chip_cpus(3, [2, 5, 7, 9]) == [{2}, {5}, {7}]
+    assert chip_cpus(2, []) == [set(), set()]

@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 
 from mcushard.errors import McushardError
-from mcushard.partition.collectives import schedule
 from mcushard.partition.plan import AllReduce, Send
-from mcushard.runtime.chips import Links, all_reduce
+from mcushard.runtime.chips import chip_schedule, run_rounds
+from mcushard.runtime.links import Links
 
 WIRE_DTYPES = {1: np.int8, 2: np.int16, 4: np.int32, 8: np.int64}  # elem_bytes -> integer wire type
 
@@ -62,11 +62,11 @@ class ChipProgram:
 
         `exclusive`: every element is non-zero on at most one chip (zero-padded lookups), so the
         sum of any subset fits wherever one vector does."""
-        rounds = schedule(step.algorithm, step.group, int(vector.size), self.group_size)
+        mine = chip_schedule(step.algorithm, step.group, int(vector.size), self.group_size, self.links.chip)
         members = 1 if exclusive or step.op == "argmax" else len(step.group)
         wire = to_wire(vector, step.elem_bytes, members)
         combine = np.maximum if step.op == "argmax" else None
-        return all_reduce(self.links, list(rounds), wire, combine).astype(np.int64)
+        return run_rounds(self.links, mine, wire, combine).astype(np.int64)
 
     def send(self, step: Send, vector: np.ndarray) -> None:
         self.links.send(step.dst, to_wire(vector, step.elem_bytes))

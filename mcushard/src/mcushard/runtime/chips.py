@@ -1,15 +1,18 @@
-"""A cluster of chip processes: one operating-system process per chip, pipes as chip-to-chip links.
+"""A cluster of chip processes: one operating-system process per chip, shared-memory chip-to-chip links.
 
 The parent (the "host") starts N processes from a clean `forkserver` (numpy preloaded), so each chip
 starts fast and inherits nothing but what it is handed: its own init arguments (its weight slices)
-and the pipe ends of its own links.
-Each chip runs a handler built by `make_handler(chip, links, init)`; the host broadcasts a request
-to every chip and gathers one reply per chip.
+and the ends of its own links (`runtime.links`: a ring of shared-memory slots per direction, with
+semaphores as blocking wake-ups).
+Each chip runs a handler built by `make_handler(chip, links, init)`; the host sends one request to
+every chip (per decoded token: the chips run every layer and collective among themselves) and
+gathers one reply per chip.
 
 Failure handling: the host waits on the replies and on every process's sentinel at once, so a chip
 that dies is noticed at once and one that hangs past `timeout_s` is noticed then; either way every
 chip process is killed and reaped and one `McushardError` names the chip. A chip whose host dies
-sees its control pipe close and exits, so no chip outlives its host.
+sees its control pipe close (while idle, or while blocked on a link) and exits, so no chip outlives
+its host.
 
 Every byte a chip sends over a link is counted per destination (payload bytes of the numpy arrays),
 to be compared with what the cost model charges for the same plan.
@@ -20,8 +23,8 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import threading
+import time
 import traceback
-from collections import Counter
 from contextlib import contextmanager
 from functools import lru_cache
 from multiprocessing.connection import Connection, wait
@@ -30,65 +33,63 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from mcushard.errors import McushardError
-from mcushard.partition.collectives import Round
+from mcushard.partition.collectives import Round, schedule
+from mcushard.runtime.links import Channel, HostGone, Links, link_channels
 
 Edge = tuple[int, int]
+Sends = tuple[tuple[int, int, int], ...]  # (destination, start, stop) of a round's outgoing messages
+Recvs = tuple[tuple[int, int, int, bool], ...]  # (source, start, stop, is a reduce) of its incoming ones
 
 
-class Links:
-    """One chip's ends of its links; `send`/`recv` move numpy arrays and count bytes."""
-
-    def __init__(self, chip: int, ends: dict[int, Connection]) -> None:
-        self.chip = chip
-        self._ends = ends  # peer chip -> this chip's end of the pipe
-        self.bytes_sent: Counter[int] = Counter()  # peer chip -> payload bytes sent
-
-    def send(self, peer: int, array: np.ndarray) -> None:
-        if peer not in self._ends:
-            raise RuntimeError(f"chip {self.chip} has no link to chip {peer}")
-        array = np.ascontiguousarray(array)
-        self._ends[peer].send_bytes(_header(array) + array.tobytes())
-        self.bytes_sent[peer] += array.nbytes
-
-    def recv(self, peer: int) -> np.ndarray:
-        if peer not in self._ends:
-            raise RuntimeError(f"chip {self.chip} has no link to chip {peer}")
-        return _unpack(self._ends[peer].recv_bytes())
+INLINE_SEND_BYTES = 16384  # a round's payload below this fits a link's buffer: sent inline, no thread
 
 
-INLINE_SEND_BYTES = 16384  # a round's payload below this fits a pipe's buffer: sent inline, no thread
+def my_rounds(rounds, chip: int) -> tuple[tuple[Sends, Recvs], ...]:
+    """The rounds of a schedule `chip` takes part in, cut to its own sends and receives."""
+    out = []
+    for rnd in rounds:
+        sends = tuple((t.dst, t.start, t.stop) for t in rnd if t.src == chip)
+        recvs = tuple((t.src, t.start, t.stop, t.op == "reduce") for t in rnd if t.dst == chip)
+        if sends or recvs:
+            out.append((sends, recvs))
+    return tuple(out)
+
+
+@lru_cache(maxsize=4096)
+def chip_schedule(algorithm: str, group: tuple[int, ...], n: int, group_size: int | None, chip: int
+                  ) -> tuple[tuple[Sends, Recvs], ...]:
+    """`my_rounds` of `schedule(algorithm, group, n, group_size)` (cached: a chip repeats them every token)."""
+    return my_rounds(schedule(algorithm, group, n, group_size), chip)
 
 
 def all_reduce(links: Links, rounds: list[Round], vector: np.ndarray,
                combine: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> np.ndarray:
-    """Carry out this chip's part of an all-reduce schedule on `vector` [n, ...] (integer sums: exact).
+    """Carry out this chip's part of an all-reduce schedule (`rounds`) on `vector` [n, ...]."""
+    return run_rounds(links, my_rounds(rounds, links.chip), vector, combine)
+
+
+def run_rounds(links: Links, mine: tuple[tuple[Sends, Recvs], ...], vector: np.ndarray,
+               combine: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+    """Carry out this chip's rounds `mine` (`chip_schedule`) of an all-reduce on `vector` [n, ...]
+    (integer sums: exact).
 
     `combine(mine, received)` replaces the addition of "reduce" transfers (e.g. np.maximum for an
-    argmax over packed (value, index) keys). Within a round the sends go out on a thread while the
-    receives are taken, so two chips that send to each other at once cannot block on full pipes;
-    a round whose payload fits in a pipe buffer (`INLINE_SEND_BYTES`) is sent inline instead.
+    argmax over packed (value, index) keys). A round's sends go out first (into the links' buffers),
+    then its receives are taken; a round whose payload may not fit in a link's buffer
+    (`INLINE_SEND_BYTES`) sends on a thread while receiving, so two chips that send to each other at
+    once cannot block each other.
     """
     out = np.array(vector, copy=True)
-    me = links.chip
-    for rnd in rounds:
-        sends = [t for t in rnd if t.src == me]
-        recvs = [t for t in rnd if t.dst == me]
-        payloads = [(t.dst, out[t.start:t.stop].copy()) for t in sends]
+    for sends, recvs in mine:
         sender = None
-        if sum(a.nbytes for _, a in payloads) <= INLINE_SEND_BYTES:
-            for d, a in payloads:
-                links.send(d, a)
-        else:
-            sender = threading.Thread(target=_send_all, args=(links, payloads))
+        if sum(stop - start for _, start, stop in sends) * out.itemsize <= INLINE_SEND_BYTES:
+            for dst, start, stop in sends:
+                links.send(dst, out[start:stop])
+        else:  # the thread sends copies: `out` changes while it runs
+            sender = threading.Thread(target=_send_all, args=(links, [(d, out[a:b].copy()) for d, a, b in sends]))
             sender.start()
-        for t in recvs:
-            part = links.recv(t.src)
-            if t.op != "reduce":
-                out[t.start:t.stop] = part
-            elif combine is None:
-                out[t.start:t.stop] += part
-            else:
-                out[t.start:t.stop] = combine(out[t.start:t.stop], part)
+        for src, start, stop, reduce in recvs:
+            links.recv_into(src, out[start:stop], reduce, combine)
         if sender is not None:
             sender.join()
     return out
@@ -99,40 +100,25 @@ def _send_all(links: Links, payloads: list[tuple[int, np.ndarray]]) -> None:
         links.send(dst, array)
 
 
-def _header(array: np.ndarray) -> bytes:
-    return _meta(array.dtype.str, array.shape)
-
-
-@lru_cache(maxsize=1024)
-def _meta(dtype: str, shape: tuple[int, ...]) -> bytes:
-    """Length-prefixed "dtype|d0,d1,..." (cached: a chip sends the same few shapes every token)."""
-    meta = f"{dtype}|{','.join(map(str, shape))}".encode()
-    return len(meta).to_bytes(2, "little") + meta
-
-
-@lru_cache(maxsize=1024)
-def _parse(meta: bytes) -> tuple[np.dtype, tuple[int, ...]]:
-    dtype, shape = meta.decode().rsplit("|", 1)  # a dtype string may hold "|" ("|i1")
-    return np.dtype(dtype), tuple(int(d) for d in shape.split(",") if d)
-
-
-def _unpack(buf: bytes) -> np.ndarray:
-    n = int.from_bytes(buf[:2], "little")
-    dtype, dims = _parse(buf[2:2 + n])
-    return np.frombuffer(buf, dtype=dtype, offset=2 + n).reshape(dims)
-
-
-_LINK_ERRORS = ("EOFError", "ConnectionResetError", "BrokenPipeError")  # what a chip sees when a peer dies
-
-
 class Handler(Protocol):
     def handle(self, request: Any) -> Any: ...
 
 
-def _chip_main(chip: int, control: Connection, ends: dict[int, Connection],
-               make_handler: Callable[[int, Links, Any], Handler], init: Any) -> None:
+def chip_cpus(n_chips: int, cpus: list[int]) -> list[set[int]]:
+    """CPUs each chip may run on: neighbouring chips share a CPU, in contiguous blocks (chips
+    0..n/c-1 on the first of c CPUs, ...), so most messages of a schedule stay on one CPU; with at
+    least as many CPUs as chips, a CPU per chip."""
+    if not cpus:
+        return [set() for _ in range(n_chips)]
+    return [{cpus[chip * len(cpus) // n_chips]} for chip in range(n_chips)]
+
+
+def _chip_main(chip: int, control: Connection, ends: tuple[dict[int, Channel], dict[int, Channel]],
+               make_handler: Callable[[int, Links, Any], Handler], init: Any, cpus: set[int]) -> None:
     """Body of one chip process: build the handler, then answer requests until told to stop."""
-    links = Links(chip, ends)
+    if cpus:  # a chip stays on its CPU: no migrations that leave its caches behind
+        os.sched_setaffinity(0, cpus)
+    links = Links(chip, ends[0], ends[1], host=control)
     try:
         handler = make_handler(chip, links, init)
         control.send(("ready", None))
@@ -144,6 +130,8 @@ def _chip_main(chip: int, control: Connection, ends: dict[int, Connection],
             if request is None:
                 return
             control.send(("ok", handler.handle(request)))
+    except HostGone:
+        os._exit(1)
     except Exception:  # reported to the host, which turns it into one error line
         try:
             control.send(("error", traceback.format_exc(limit=4)))
@@ -173,18 +161,21 @@ class ChipCluster:
     """N chip processes wired by `edges`; use as a context manager."""
 
     def __init__(self, n_chips: int, edges: set[Edge], make_handler: Callable[[int, Links, Any], Handler],
-                 inits: list[Any], timeout_s: float = 60.0, start_timeout_s: float = 120.0) -> None:
+                 inits: list[Any], timeout_s: float = 60.0, start_timeout_s: float = 120.0,
+                 pin: bool = True) -> None:
         if len(inits) != n_chips:
             raise McushardError(f"cluster: {len(inits)} shards for {n_chips} chips")
         self.n_chips = n_chips
         self.timeout_s = timeout_s
         ctx = mp.get_context("forkserver")
         ctx.set_forkserver_preload(["numpy", "mcushard.runtime.chips"])
-        ends: list[dict[int, Connection]] = [{} for _ in range(n_chips)]
-        for a, b in sorted({tuple(sorted(e)) for e in edges}):
+        pairs = sorted({tuple(sorted(e)) for e in edges})
+        for a, b in pairs:
             if not (0 <= a < n_chips and 0 <= b < n_chips) or a == b:
                 raise McushardError(f"cluster: bad link {a}-{b} for {n_chips} chips")
-            ends[a][b], ends[b][a] = ctx.Pipe(duplex=True)
+        ends = link_channels(ctx, n_chips, pairs)
+        can_pin = pin and hasattr(os, "sched_getaffinity")
+        cpus = chip_cpus(n_chips, sorted(os.sched_getaffinity(0)) if can_pin else [])
         self._control: list[Connection] = []
         self._procs: list[mp.process.BaseProcess] = []
         try:
@@ -192,14 +183,11 @@ class ChipCluster:
                 for chip in range(n_chips):
                     host_end, chip_end = ctx.Pipe(duplex=True)
                     proc = ctx.Process(target=_chip_main, name=f"chip{chip}", daemon=True,
-                                       args=(chip, chip_end, ends[chip], make_handler, inits[chip]))
+                                       args=(chip, chip_end, ends[chip], make_handler, inits[chip], cpus[chip]))
                     proc.start()
                     chip_end.close()
                     self._control.append(host_end)
                     self._procs.append(proc)
-            for conns in ends:  # the host keeps no link ends: a dead peer closes its pipes
-                for conn in conns.values():
-                    conn.close()
             self._gather(expect="ready", timeout_s=start_timeout_s)
         except BaseException:
             self.close()
@@ -244,13 +232,6 @@ class ChipCluster:
                     raise McushardError(f"chip {chip} died (exit code {code}); all chips stopped")
                 if kind == "error":
                     last = payload.strip().splitlines()[-1]
-                    if last.split(":")[0] in _LINK_ERRORS:  # a peer's death seen on a link: name the dead peer
-                        wait([p.sentinel for p in self._procs], timeout=1.0)
-                        dead = [(i, p.exitcode) for i, p in enumerate(self._procs)
-                                if p.exitcode not in (None, 1) and i != chip]
-                        if dead:
-                            self.close()
-                            raise McushardError(f"chip {dead[0][0]} died (exit code {dead[0][1]}); all chips stopped")
                     self.close()
                     raise McushardError(f"chip {chip} failed: {last}")
                 if kind != expect:
@@ -266,8 +247,10 @@ class ChipCluster:
                 conn.send(None)
             except OSError:
                 pass
+        deadline = time.monotonic() + 2.0  # one grace period for all (a chip blocked on a link polls)
         for proc in self._procs:
-            proc.join(timeout=2.0)
+            proc.join(timeout=max(deadline - time.monotonic(), 0.0))
+        for proc in self._procs:
             if proc.is_alive():
                 proc.terminate()
                 proc.join(timeout=2.0)

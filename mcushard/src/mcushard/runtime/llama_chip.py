@@ -18,9 +18,9 @@ import numpy as np
 
 from mcushard.partition.plan import AllReduce, Compute, Send
 from mcushard.runtime.chip_program import ChipProgram, pack_argmax, unpack_argmax
-from mcushard.runtime.chips import Links
 from mcushard.runtime.int8 import (
     EXP_FRAC,
+    PROB_FRAC,
     ROPE_FRAC,
     attention_heads,
     requantize,
@@ -31,8 +31,19 @@ from mcushard.runtime.int8 import (
     swiglu_columns,
 )
 from mcushard.runtime.kernels import ExactLinear, exact_matmul_f64
+from mcushard.runtime.links import Links
 from mcushard.runtime.llama_shard import LlamaShard
+from mcushard.runtime.quant import qmax
 from mcushard.runtime.reference import rope_tables
+
+# A chip's slices are small: below this many weights the float BLAS path's lower fixed cost per call
+# beats the int8 GEMM's (tinyllama-42m on 8 chips: q/k/v 98k, w1/w3 176k, w2 88k weights ran 1.3-2.4x
+# faster as float); larger ones (the classifier slice) keep `ExactLinear`'s own choice.
+FLOAT_MAX_WEIGHTS = 1 << 18
+
+
+def _linear(w: np.ndarray, bits: int) -> ExactLinear:
+    return ExactLinear(w, bits, backend="float" if w.size < FLOAT_MAX_WEIGHTS else None)
 
 
 class LlamaChip(ChipProgram):
@@ -48,22 +59,34 @@ class LlamaChip(ChipProgram):
         self.k_cache: dict[int, np.ndarray] = {}
         self.v_cache: dict[int, np.ndarray] = {}
         for layer, ls in shard.layers.items():
-            self.lin[layer, "qkv"] = ExactLinear(ls.qkv_w, sch.norm_bits)
-            self.lin[layer, "wo"] = ExactLinear(ls.wo_w, sch.att_bits)
-            self.lin[layer, "w13"] = ExactLinear(ls.w13_w, sch.norm_bits)
-            self.lin[layer, "w2"] = ExactLinear(ls.w2_w, sch.ffn_bits)
+            self.lin[layer, "qkv"] = _linear(ls.qkv_w, sch.norm_bits)
+            self.lin[layer, "wo"] = _linear(ls.wo_w, sch.att_bits)
+            self.lin[layer, "w13"] = _linear(ls.w13_w, sch.norm_bits)
+            self.lin[layer, "w2"] = _linear(ls.w2_w, sch.ffn_bits)
             dlen = ls.pieces[0][2] - ls.pieces[0][1]
             shape = (len(ls.pieces), cfg.max_seq_len, dlen)
             self.k_cache[layer] = np.zeros(shape)  # [pieces, seq, dlen] integers in float64 for BLAS
             self.v_cache[layer] = np.zeros(shape)
         cls_w = shard.cls_w if shard.cls_w is not None else shard.emb_w
-        self.cls = ExactLinear(cls_w, sch.cls_bits) if shard.cls_ratio is not None else None
+        self.cls = _linear(cls_w, sch.cls_bits) if shard.cls_ratio is not None else None
         self.handlers = {
             "attention_norm": self._attention_norm, "attn.qkv+rope": self._qkv, "attn.softmax+av": self._attend,
             "attn.wo": self._wo, "residual+ffn_norm": self._ffn_norm, "ffn.w1w3+swiglu": self._ffn_up,
             "ffn.w2": self._ffn_down, "residual": self._residual, "norm": self._final_norm,
             "classifier": self._classifier, "argmax": self._argmax, "lookup": self._lookup,
         }
+        # the program as (method, layer, None) for a compute step or (method, -1, step) for a collective
+        # or send, resolved once: a token walks it without looking anything up
+        self.program: list[tuple] = []
+        for step in shard.steps:
+            if isinstance(step, Compute):
+                layer = int(step.block.split(".")[1]) if step.block.startswith("layers.") else -1
+                self.program.append((self.handlers[step.label], layer, None))
+            elif isinstance(step, AllReduce):
+                self.program.append((self._reduce, -1, step))
+            elif isinstance(step, Send):
+                self.program.append((self._send, -1, step))
+        self.cache_max = qmax(sch.qkv_bits)  # |K|, |V| cache entries: rope_int / requantize clip to qkv_bits
 
     # ---------------------------------------------------------------- one decode step
 
@@ -76,17 +99,14 @@ class LlamaChip(ChipProgram):
         self.token, self.pos = token, pos
         self.x = self.row = self.psum = self.scores = self.logits = self.key = None
         t_start, cpu_start, comm_s = time.perf_counter(), time.process_time(), 0.0
-        for step in self.s.steps:
-            if isinstance(step, Compute):
-                self.layer = int(step.block.split(".")[1]) if step.block.startswith("layers.") else -1
-                self.handlers[step.label]()
-                continue
-            t0 = time.perf_counter()
-            if isinstance(step, AllReduce):
-                self._reduce(step)
-            elif isinstance(step, Send):
-                self._send(step)
-            comm_s += time.perf_counter() - t0
+        for method, layer, step in self.program:
+            if step is None:
+                self.layer = layer
+                method()
+            else:
+                t0 = time.perf_counter()
+                method(step)
+                comm_s += time.perf_counter() - t0
         token_out = None if self.key is None else unpack_argmax(self.key, self.s.cfg.vocab_size)
         logits = None if self.logits is None else (self.s.vocab_rows[0], self.logits)
         return {"token": token_out, "logits": logits, "sent": self.take_bytes_sent(), "comm_s": comm_s,
@@ -131,25 +151,26 @@ class LlamaChip(ChipProgram):
         n_rep, n_p = cfg.n_heads // cfg.n_kv_heads, len(ls.pieces)
         d0, d1 = ls.pieces[0][1], ls.pieces[0][2]
         qkv = requantize(self.lin[self.layer, "qkv"](self.y), ls.qkv_ratio * self.s_y, sch.qkv_bits)
-        nq = n_p * n_rep * (d1 - d0)
-        q = qkv[:nq].reshape(n_p * n_rep, d1 - d0)
-        k = qkv[nq: nq + n_p * (d1 - d0)].reshape(n_p, d1 - d0)
-        v = qkv[nq + n_p * (d1 - d0):].reshape(n_p, d1 - d0)
+        dlen, nq = d1 - d0, n_p * n_rep * (d1 - d0)
         cos, sin = self.cos_q[pos, d0 // 2: d1 // 2], self.sin_q[pos, d0 // 2: d1 // 2]
-        self.q = rope_int(q, cos, sin, sch.qkv_bits).reshape(n_p, n_rep, d1 - d0)  # [pieces, n_rep, dlen]
-        self.k_cache[self.layer][:, pos] = rope_int(k, cos, sin, sch.qkv_bits)
+        qk = rope_int(qkv[: nq + n_p * dlen].reshape(-1, dlen), cos, sin, sch.qkv_bits)  # q rows, then k rows
+        self.q = qk[: n_p * n_rep].reshape(n_p, n_rep, dlen)  # [pieces, n_rep, dlen]
+        self.k_cache[self.layer][:, pos] = qk[n_p * n_rep:]  # [pieces, dlen]
+        v = qkv[nq + n_p * dlen:].reshape(n_p, dlen)
         self.v_cache[self.layer][:, pos] = v
         if self.s.cfg.head_dim != d1 - d0:  # a split head: partial scores, all-reduced next
-            self.scores = exact_matmul_f64(self.q, np.swapaxes(self.k_cache[self.layer][:, : pos + 1], 1, 2))
+            self.scores = exact_matmul_f64(self.q, np.swapaxes(self.k_cache[self.layer][:, : pos + 1], 1, 2),
+                                           self.cache_max, self.cache_max)
 
     def _attend(self) -> None:
         ls, sch, t = self.s.layers[self.layer], self.s.scheme, self.pos + 1
         kc, vc = self.k_cache[self.layer][:, :t], self.v_cache[self.layer][:, :t]
         if self.scores is None:  # whole heads: exactly the single-chip function
-            self.att = attention_heads(self.q, kc, vc, ls.score_ratio, ls.att_ratio, sch.att_bits)
+            self.att = attention_heads(self.q, kc, vc, ls.score_ratio, ls.att_ratio, sch.att_bits, self.cache_max)
         else:  # the same softmax and weighted sum on the all-reduced scores, with this chip's V slice
             probs = softmax_int(self.scores, ls.score_ratio * math.log2(math.e) * (1 << EXP_FRAC))
-            self.att = requantize(exact_matmul_f64(probs, vc), ls.att_ratio, sch.att_bits)
+            self.att = requantize(exact_matmul_f64(probs, vc, 1 << PROB_FRAC, self.cache_max), ls.att_ratio,
+                                  sch.att_bits)
             self.scores = None
 
     def _wo(self) -> None:
