@@ -49,8 +49,8 @@ LENGTH = 37
 LONG = SLOTS * SLOT_BYTES  # int32 elements: each ring chunk of 3 chips spans several slots
 
 
-def _cluster(n, timeout_s=20.0):
-    rng = np.random.default_rng(n)
+def _cluster(n, timeout_s=20.0, seed=None):
+    rng = np.random.default_rng(n if seed is None else seed)
     links = set().union(*(edges(schedule(a, tuple(range(n)), LENGTH)) for a in ALGORITHMS))
     vectors = [rng.integers(-2**20, 2**20, size=LENGTH, dtype=np.int32) for _ in range(n)]
     return ChipCluster(n, links, _make, vectors, timeout_s=timeout_s), vectors
@@ -134,3 +134,18 @@ def test_chips_share_cpus_in_contiguous_blocks():
     assert chip_cpus(8, [0, 1]) == [{0}] * 4 + [{1}] * 4
     assert chip_cpus(3, [2, 5, 7, 9]) == [{2}, {5}, {7}]
     assert chip_cpus(2, []) == [set(), set()]
+
+
+def test_two_clusters_at_once_keep_their_own_links():
+    first, vectors = _cluster(3)
+    second, others = _cluster(3, seed=1)
+    with first, second:
+        first.request(3)
+        second.request(3)
+        for _ in range(20):  # both clusters reduce at the same time
+            for cluster in (first, second):
+                for conn in cluster._control:
+                    conn.send(("reduce", "ring"))
+            for cluster, vs in ((first, vectors), (second, others)):
+                for result, _ in cluster._gather(expect="ok"):
+                    np.testing.assert_array_equal(result, np.sum(vs, axis=0, dtype=np.int32))

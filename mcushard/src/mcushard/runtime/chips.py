@@ -174,6 +174,8 @@ class ChipCluster:
             if not (0 <= a < n_chips and 0 <= b < n_chips) or a == b:
                 raise McushardError(f"cluster: bad link {a}-{b} for {n_chips} chips")
         ends = link_channels(ctx, n_chips, pairs)
+        # held while the chips run: a freed shared block would be handed to the next cluster's links
+        self._links = ends
         can_pin = pin and hasattr(os, "sched_getaffinity")
         cpus = chip_cpus(n_chips, sorted(os.sched_getaffinity(0)) if can_pin else [])
         self._control: list[Connection] = []
@@ -259,7 +261,7 @@ class ChipCluster:
                 proc.join()
         for conn in self._control:
             conn.close()
-        self._procs, self._control = [], []
+        self._procs, self._control, self._links = [], [], []
 
     def __enter__(self) -> "ChipCluster":
         return self
