@@ -94,7 +94,7 @@ class Learner:
         critic_params = self.critic.init(k_critic, dummy)
         env_state = self.reset_fn(jax.random.split(k_env, cfg.num_envs))
         zeros = jnp.zeros(cfg.num_envs)
-        return TrainState(
+        state = TrainState(
             actor_params,
             critic_params,
             critic_params,
@@ -111,6 +111,9 @@ class Learner:
             jnp.int32(0),
             jnp.int32(0),
         )
+        # Python-scalar leaves (the normaliser's std_eps) as the weakly typed arrays epoch() returns,
+        # so the second epoch call does not trace the whole epoch again.
+        return jax.tree.map(jnp.asarray, state)
 
     def policy_params(self, state: TrainState) -> tuple[Any, Any]:
         """What ``make_policy`` takes: (normaliser statistics, actor params)."""
