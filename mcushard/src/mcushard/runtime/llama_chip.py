@@ -36,15 +36,6 @@ from mcushard.runtime.llama_shard import LlamaShard
 from mcushard.runtime.quant import qmax
 from mcushard.runtime.reference import rope_tables
 
-# A chip's slices are small: below this many weights the float BLAS path's lower fixed cost per call
-# beats the int8 GEMM's (tinyllama-42m on 8 chips: q/k/v 98k, w1/w3 176k, w2 88k weights ran 1.3-2.4x
-# faster as float); larger ones (the classifier slice) keep `ExactLinear`'s own choice.
-FLOAT_MAX_WEIGHTS = 1 << 18
-
-
-def _linear(w: np.ndarray, bits: int) -> ExactLinear:
-    return ExactLinear(w, bits, backend="float" if w.size < FLOAT_MAX_WEIGHTS else None)
-
 
 class LlamaChip(ChipProgram):
     """Handler of one chip process; `handle(("step", token, pos))` runs one decode step."""
@@ -59,16 +50,16 @@ class LlamaChip(ChipProgram):
         self.k_cache: dict[int, np.ndarray] = {}
         self.v_cache: dict[int, np.ndarray] = {}
         for layer, ls in shard.layers.items():
-            self.lin[layer, "qkv"] = _linear(ls.qkv_w, sch.norm_bits)
-            self.lin[layer, "wo"] = _linear(ls.wo_w, sch.att_bits)
-            self.lin[layer, "w13"] = _linear(ls.w13_w, sch.norm_bits)
-            self.lin[layer, "w2"] = _linear(ls.w2_w, sch.ffn_bits)
+            self.lin[layer, "qkv"] = ExactLinear(ls.qkv_w, sch.norm_bits)
+            self.lin[layer, "wo"] = ExactLinear(ls.wo_w, sch.att_bits)
+            self.lin[layer, "w13"] = ExactLinear(ls.w13_w, sch.norm_bits)
+            self.lin[layer, "w2"] = ExactLinear(ls.w2_w, sch.ffn_bits)
             dlen = ls.pieces[0][2] - ls.pieces[0][1]
             shape = (len(ls.pieces), cfg.max_seq_len, dlen)
             self.k_cache[layer] = np.zeros(shape)  # [pieces, seq, dlen] integers in float64 for BLAS
             self.v_cache[layer] = np.zeros(shape)
         cls_w = shard.cls_w if shard.cls_w is not None else shard.emb_w
-        self.cls = _linear(cls_w, sch.cls_bits) if shard.cls_ratio is not None else None
+        self.cls = ExactLinear(cls_w, sch.cls_bits) if shard.cls_ratio is not None else None
         self.handlers = {
             "attention_norm": self._attention_norm, "attn.qkv+rope": self._qkv, "attn.softmax+av": self._attend,
             "attn.wo": self._wo, "residual+ffn_norm": self._ffn_norm, "ffn.w1w3+swiglu": self._ffn_up,
