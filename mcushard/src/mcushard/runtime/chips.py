@@ -39,25 +39,26 @@ from mcushard.runtime.links import Channel, HostGone, Links, link_channels
 Edge = tuple[int, int]
 Sends = tuple[tuple[int, int, int], ...]  # (destination, start, stop) of a round's outgoing messages
 Recvs = tuple[tuple[int, int, int, bool], ...]  # (source, start, stop, is a reduce) of its incoming ones
+ChipRound = tuple[Sends, Recvs, int]  # a round's sends and receives for one chip, and the elements it sends
 
 
 INLINE_SEND_BYTES = 16384  # a round's payload below this fits a link's buffer: sent inline, no thread
 
 
-def my_rounds(rounds, chip: int) -> tuple[tuple[Sends, Recvs], ...]:
+def my_rounds(rounds, chip: int) -> tuple[ChipRound, ...]:
     """The rounds of a schedule `chip` takes part in, cut to its own sends and receives."""
     out = []
     for rnd in rounds:
         sends = tuple((t.dst, t.start, t.stop) for t in rnd if t.src == chip)
         recvs = tuple((t.src, t.start, t.stop, t.op == "reduce") for t in rnd if t.dst == chip)
         if sends or recvs:
-            out.append((sends, recvs))
+            out.append((sends, recvs, sum(stop - start for _, start, stop in sends)))
     return tuple(out)
 
 
 @lru_cache(maxsize=4096)
 def chip_schedule(algorithm: str, group: tuple[int, ...], n: int, group_size: int | None, chip: int
-                  ) -> tuple[tuple[Sends, Recvs], ...]:
+                  ) -> tuple[ChipRound, ...]:
     """`my_rounds` of `schedule(algorithm, group, n, group_size)` (cached: a chip repeats them every token)."""
     return my_rounds(schedule(algorithm, group, n, group_size), chip)
 
@@ -68,7 +69,7 @@ def all_reduce(links: Links, rounds: list[Round], vector: np.ndarray,
     return run_rounds(links, my_rounds(rounds, links.chip), vector, combine)
 
 
-def run_rounds(links: Links, mine: tuple[tuple[Sends, Recvs], ...], vector: np.ndarray,
+def run_rounds(links: Links, mine: tuple[ChipRound, ...], vector: np.ndarray,
                combine: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """Carry out this chip's rounds `mine` (`chip_schedule`) of an all-reduce on `vector` [n, ...]
     (integer sums: exact).
@@ -80,9 +81,9 @@ def run_rounds(links: Links, mine: tuple[tuple[Sends, Recvs], ...], vector: np.n
     once cannot block each other.
     """
     out = np.array(vector, copy=True)
-    for sends, recvs in mine:
+    for sends, recvs, elements in mine:
         sender = None
-        if sum(stop - start for _, start, stop in sends) * out.itemsize <= INLINE_SEND_BYTES:
+        if elements * out.itemsize <= INLINE_SEND_BYTES:
             for dst, start, stop in sends:
                 links.send(dst, out[start:stop])
         else:  # the thread sends copies: `out` changes while it runs

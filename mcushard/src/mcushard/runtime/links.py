@@ -8,14 +8,15 @@ blocks on it: no busy waiting) and one counting free slots (the sender blocks on
 receiver is `SLOTS` slots behind, like a full pipe). A message longer than a slot goes out in
 consecutive slots, so a channel behaves like a pipe with a `SLOTS * SLOT_BYTES` buffer.
 
-A slot is a header (payload bytes, then the length-prefixed "dtype|shape" of the array) and the
-payload. A blocked end wakes every `POLL_S` to check that the host is still there (its control
+A slot is a header of HEADER_BYTES (payload bytes, then the length-prefixed "dtype|shape" of the
+array) and the payload. A blocked end wakes every `POLL_S` to check that the host is still there (its control
 connection readable means it closed it or died: the chip leaves rather than linger as an orphan);
 a dead peer is noticed by the host, which watches every process and stops them all.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from functools import lru_cache
 from multiprocessing.connection import Connection
@@ -51,23 +52,24 @@ class Channel:
         return state
 
     def _slot(self) -> tuple[memoryview, int]:
-        if self._view is None:
-            self._view = memoryview(self.buffer).cast("B")
+        """This end's view of the buffer and the offset of its next slot (then advances)."""
+        view = self._view
+        if view is None:
+            view = self._view = memoryview(self.buffer).cast("B")
         base = self._next * self.stride
         self._next = (self._next + 1) % self.slots
-        return self._view, base
+        return view, base
 
-    def put(self, meta: bytes, data: memoryview, check: Any) -> None:
-        """Send the bytes `data` of an array described by `meta` (blocks while the ring is full)."""
+    def put(self, head: bytes, data: memoryview, check: Any) -> None:
+        """Send the bytes `data` of an array whose slot header is `head` (`_header`); blocks while
+        the ring is full."""
         n, pos = len(data), 0
-        if len(meta) > HEADER_BYTES - 8:
-            raise ValueError(f"array description too long for a link slot: {meta!r}")
         while True:
-            _wait(self.free, check)
+            if not self.free.acquire(False):
+                _wait(self.free, check)
             view, base = self._slot()
             if pos == 0:
-                head = n.to_bytes(8, "little") + meta
-                view[base:base + len(head)] = head
+                view[base:base + HEADER_BYTES] = head
             k = min(self.slot_bytes, n - pos)
             view[base + HEADER_BYTES:base + HEADER_BYTES + k] = data[pos:pos + k]
             pos += k
@@ -80,11 +82,10 @@ class Channel:
         """Receive the next array (blocks until it is there): a private copy of it, or, with `into`,
         applied to `into` in place (overwrite it; `reduce`: add it, or `combine(into, it)`), read
         straight from the slot for a one-slot message."""
-        _wait(self.full, check)
+        if not self.full.acquire(False):
+            _wait(self.full, check)
         view, base = self._slot()
-        n = int.from_bytes(view[base:base + 8], "little")
-        m = int.from_bytes(view[base + 8:base + 10], "little")
-        dtype, shape = _parse(bytes(view[base + 10:base + 10 + m]))
+        n, dtype, shape = _describe(bytes(view[base:base + HEADER_BYTES]))
         if n <= self.slot_bytes:
             part = np.frombuffer(self.buffer, dtype, n // dtype.itemsize, base + HEADER_BYTES).reshape(shape)
             if into is None:
@@ -96,7 +97,8 @@ class Channel:
         out = bytearray(view[base + HEADER_BYTES:base + HEADER_BYTES + self.slot_bytes])
         self.free.release()
         while len(out) < n:
-            _wait(self.full, check)
+            if not self.full.acquire(False):
+                _wait(self.full, check)
             view, base = self._slot()
             out += view[base + HEADER_BYTES:base + HEADER_BYTES + min(self.slot_bytes, n - len(out))]
             self.free.release()
@@ -143,9 +145,10 @@ class Links:
         channel = self._out.get(peer)
         if channel is None:
             raise RuntimeError(f"chip {self.chip} has no link to chip {peer}")
-        array = np.ascontiguousarray(array)
+        if not array.flags.c_contiguous:
+            array = np.ascontiguousarray(array)
         flat = array if array.ndim == 1 else array.reshape(-1)
-        channel.put(_meta(array.dtype.str, array.shape), memoryview(flat).cast("B"), self._check)
+        channel.put(_header(array.dtype, array.shape), memoryview(flat).cast("B"), self._check)
         self.bytes_sent[peer] += array.nbytes
 
     def recv(self, peer: int) -> np.ndarray:
@@ -177,13 +180,19 @@ def link_channels(ctx: Any, n_chips: int, pairs: list[tuple[int, int]]
 
 
 @lru_cache(maxsize=1024)
-def _meta(dtype: str, shape: tuple[int, ...]) -> bytes:
-    """Length-prefixed "dtype|d0,d1,..." (cached: a chip sends the same few shapes every token)."""
-    meta = f"{dtype}|{','.join(map(str, shape))}".encode()
-    return len(meta).to_bytes(2, "little") + meta
+def _header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
+    """A slot header: payload bytes (8, little-endian), then the length-prefixed "dtype|d0,d1,...",
+    zero-padded to HEADER_BYTES (cached: a chip sends the same few shapes every token)."""
+    meta = f"{dtype.str}|{','.join(map(str, shape))}".encode()
+    head = (dtype.itemsize * math.prod(shape)).to_bytes(8, "little") + len(meta).to_bytes(2, "little") + meta
+    if len(head) > HEADER_BYTES:
+        raise ValueError(f"array description too long for a link slot: {meta!r}")
+    return head.ljust(HEADER_BYTES, b"\0")
 
 
 @lru_cache(maxsize=1024)
-def _parse(meta: bytes) -> tuple[np.dtype, tuple[int, ...]]:
-    dtype, shape = meta.decode().rsplit("|", 1)  # a dtype string may hold "|" ("|i1")
-    return np.dtype(dtype), tuple(int(d) for d in shape.split(",") if d)
+def _describe(head: bytes) -> tuple[int, np.dtype, tuple[int, ...]]:
+    """(payload bytes, dtype, shape) of a slot header made by `_header`."""
+    m = int.from_bytes(head[8:10], "little")
+    dtype, shape = head[10:10 + m].decode().rsplit("|", 1)  # a dtype string may hold "|" ("|i1")
+    return int.from_bytes(head[:8], "little"), np.dtype(dtype), tuple(int(d) for d in shape.split(",") if d)
