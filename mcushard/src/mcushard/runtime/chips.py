@@ -8,6 +8,10 @@ Each chip runs a handler built by `make_handler(chip, links, init)`; the host se
 every chip (per decoded token: the chips run every layer and collective among themselves) and
 gathers one reply per chip.
 
+Each chip is pinned to one CPU (`pin`); with more chips than CPUs, neighbouring chips share one
+(`chip_cpus`): every all-reduce makes each chip block and wake, a chip that stays on its CPU finds
+its caches there, and the first levels of the tree and hierarchical schedules stay on one CPU.
+
 Failure handling: the host waits on the replies and on every process's sentinel at once, so a chip
 that dies is noticed at once and one that hangs past `timeout_s` is noticed then; either way every
 chip process is killed and reaped and one `McushardError` names the chip. A chip whose host dies
@@ -159,7 +163,8 @@ def _one_blas_thread():
 
 
 class ChipCluster:
-    """N chip processes wired by `edges`; use as a context manager."""
+    """N chip processes wired by `edges`; use as a context manager. `pin`: each chip on one CPU of the
+    host's affinity set (`chip_cpus`)."""
 
     def __init__(self, n_chips: int, edges: set[Edge], make_handler: Callable[[int, Links, Any], Handler],
                  inits: list[Any], timeout_s: float = 60.0, start_timeout_s: float = 120.0,
