@@ -195,13 +195,20 @@ def _base_meta(algo: str, task: Task, seed: int, config) -> dict[str, Any]:
             "train_perturbation": dataclasses.asdict(task.perturbation)}
 
 
-def _resumed(run: _Run, meta: dict[str, Any] | None) -> None:
+def _open_run(run_dir: Path, algo: str, task: Task, seed: int, config, resume: bool,
+              on_row: RowFn) -> tuple[dict[str, Any] | None, _Run, Any]:
+    """Prepare ``run_dir`` for a baseline run; returns (checkpoint meta or None, its _Run, make_policy)."""
+    meta, rows = _start(run_dir, algo, resume)
+    spec = policy_spec(algo, config, task)
+    run = _Run(run_dir, algo, spec, _base_meta(algo, task, seed, config), task, config.eval_episodes, on_row,
+               rows=rows)
     if meta is not None:
         run.env_steps_before = int(meta["env_steps"])
         run.wall_clock_before_s = float(meta.get("wall_s", 0.0))
         run.last_steps = run.env_steps_before
         run.epoch = int(meta["epoch"])
         run.nonfinite_skipped = int(meta.get("nonfinite_checkpoints_skipped", 0))
+    return meta, run, policy_factory(spec)[0]
 
 
 def train_ppo(task: Task, run_dir: Path | str, env_steps: int, *, seed: int = 0,
@@ -210,12 +217,7 @@ def train_ppo(task: Task, run_dir: Path | str, env_steps: int, *, seed: int = 0,
     from brax.training.agents.ppo import train as ppo_train
 
     run_dir = Path(run_dir)
-    meta, rows = _start(run_dir, "ppo", resume)
-    spec = policy_spec("ppo", config, task)
-    make_policy = policy_factory(spec)[0]
-    run = _Run(run_dir, "ppo", spec, _base_meta("ppo", task, seed, config), task, config.eval_episodes, on_row,
-               rows=rows)
-    _resumed(run, meta)
+    meta, run, make_policy = _open_run(Path(run_dir), "ppo", task, seed, config, resume, on_row)
     network_factory = functools.partial(
         ppo_networks.make_ppo_networks, policy_hidden_layer_sizes=config.policy_hidden_sizes,
         value_hidden_layer_sizes=config.value_hidden_sizes, activation=activation_fn(config.activation))
@@ -252,12 +254,8 @@ def train_apg(task: Task, run_dir: Path | str, env_steps: int, *, seed: int = 0,
     from brax.training.agents.apg import train as apg_train
 
     run_dir = Path(run_dir)
-    meta, rows = _start(run_dir, "apg", resume)
-    spec = policy_spec("apg", config, task)
-    make_policy = policy_factory(spec)[0]
-    run = _Run(run_dir, "apg", spec, _base_meta("apg", task, seed, config), task, config.eval_episodes, on_row,
-               rows=rows)
-    _resumed(run, meta)
+    meta, run, make_policy = _open_run(Path(run_dir), "apg", task, seed, config, resume, on_row)
+    spec = run.spec
     steps_per_update = config.num_envs * config.horizon_length
     updates_done = run.env_steps_before // steps_per_update
     updates_left = math.ceil(env_steps / steps_per_update) - updates_done
