@@ -19,9 +19,9 @@ from mcushard.partition.plan import AllReduce, Compute, Send
 from mcushard.runtime.bert_int8 import BertInt8, QuantBert
 from mcushard.runtime.bert_shard import BertShard, Mat
 from mcushard.runtime.chip_program import ChipProgram
-from mcushard.runtime.chips import Links
 from mcushard.runtime.int8 import EXP_FRAC, PROB_FRAC, SILU_FRAC, gelu_q16, softmax_int
 from mcushard.runtime.kernels import ExactLinear, exact_matmul_f64
+from mcushard.runtime.links import Links
 
 
 class BertChip(ChipProgram):
