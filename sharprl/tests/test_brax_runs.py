@@ -139,3 +139,7 @@ def test_cli_curves_plots_runs(cli_run, tmp_path):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
     bad = runner.invoke(app, ["curves", str(tmp_path), "--out", str(tmp_path)])
     assert bad.exit_code == 2 and "no evaluation or training-return rows" in bad.output
+    named = runner.invoke(app, ["curves", str(out), "--out", str(tmp_path), "--labels", "ASAM short"])
+    assert named.exit_code == 0 and "| ASAM short |" in named.output, named.output
+    wrong = runner.invoke(app, ["curves", str(out), "--out", str(tmp_path), "--labels", "a,b"])
+    assert wrong.exit_code == 2 and "2 labels for 1 run" in wrong.output

@@ -176,11 +176,19 @@ def curves(
     title: Annotated[str, typer.Option(help="plot title")] = "Ant (Brax spring)",
     anchor_steps: Annotated[float, typer.Option(help="reference line: env steps (0: none)")] = 4.1e6,
     anchor_return: Annotated[float, typer.Option(help="reference line: return")] = 4900.0,
+    labels: Annotated[str, typer.Option(help="comma-separated legend labels, one per run (default: algo seed N)")] = "",
 ) -> None:
     """Learning curves (evaluation return vs env steps and vs wall-clock) of several runs, as PNGs."""
+    import dataclasses
+
     from sharprl.curves import load_curve, plot_curves, summary_table
 
     loaded = [load_curve(d) for d in run_dirs]
+    if labels:
+        names = [name.strip() for name in labels.split(",")]
+        if len(names) != len(loaded):
+            raise SharprlError(f"--labels has {len(names)} labels for {len(loaded)} run directories")
+        loaded = [dataclasses.replace(curve, label=name) for curve, name in zip(loaded, names)]
     anchor = (anchor_steps, anchor_return) if anchor_steps > 0 else None
     for path in plot_curves(loaded, out, title, anchor):
         typer.echo(f"wrote {path}")
