@@ -33,6 +33,9 @@ def test_exact_linear_random(shape, x_bits, backend):
     assert np.array_equal(lin(x), int64_matmul(w, x))
     x2 = rng.integers(-hi, hi, size=(shape[1], 3))  # several right-hand sides
     assert np.array_equal(lin(x2), int64_matmul(w, x2))
+    # the unchecked path of the decoders' inner loop: same numbers, also after the other batch size
+    assert np.array_equal(lin.trusted(x), int64_matmul(w, x))
+    assert np.array_equal(lin.trusted(x2), int64_matmul(w, x2))
 
 
 @pytest.mark.parametrize(("x_bits", "x_extreme"), [(8, 127), (8, -128), (12, -2048), (16, 32767),

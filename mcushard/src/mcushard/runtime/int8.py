@@ -80,8 +80,10 @@ def rmsnorm_int(x: np.ndarray, gain: np.ndarray, eps_units: int, bits: int) -> t
     if peak == 0:
         return np.zeros_like(x), 1.0
     q = qmax(bits)
-    y = (2 * q * num + peak) // (2 * peak)  # round(num * q / peak), integer
-    return y, peak / (rms * q)
+    num *= 2 * q  # in place: y = (2 q num + peak) // (2 peak) = round(num * q / peak), integer
+    num += peak
+    num //= 2 * peak
+    return num, peak / (rms * q)
 
 
 def rope_int(x: np.ndarray, cos_q: np.ndarray, sin_q: np.ndarray, bits: int) -> np.ndarray:
@@ -122,13 +124,13 @@ def attention_heads(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, sco
                     out_ratio: np.ndarray, bits: int, cache_max: int | None = None) -> np.ndarray:
     """Integer attention of one query position for a group of heads.
 
-    q: int64 [n_kv, n_rep, hd]; k_cache, v_cache: integer-valued [n_kv, T, hd] with |.| <= cache_max
-    (scanned when None); score_ratio: [n_kv, n_rep, 1] real score (already / sqrt(hd)) per
+    q: int64 [n_kv, n_rep, hd]; k_cache, v_cache: integer-valued [n_kv, T, hd]; q and the caches are all
+    at qkv bits, |.| <= cache_max (scanned when None); score_ratio: [n_kv, n_rep, 1] real score (already / sqrt(hd)) per
     accumulator unit; out_ratio: [n_kv, n_rep, 1] output units per (Q15 prob x v) unit. Returns
     int64 [n_kv, n_rep, hd] at `bits`.
     """
     # k @ q^T reads each head's cache rows [T, hd] in place (q @ k^T would copy the cache transposed)
-    scores = np.swapaxes(exact_matmul_f64(k_cache, np.swapaxes(q, 1, 2), a_max=cache_max), 1, 2)  # [n_kv, n_rep, T]
+    scores = np.swapaxes(exact_matmul_f64(k_cache, np.swapaxes(q, 1, 2), cache_max, cache_max), 1, 2)  # [n_kv, n_rep, T]
     probs = softmax_int(scores, score_ratio * math.log2(math.e) * (1 << EXP_FRAC))  # [n_kv, n_rep, T] Q15
     out = exact_matmul_f64(probs, v_cache, a_max=1 << PROB_FRAC, b_max=cache_max)  # [n_kv, n_rep, hd]
     return requantize(out, out_ratio, bits)
@@ -235,7 +237,7 @@ class LlamaInt8:
         cfg, sch, lp = self.cfg, self.scheme, self.layers[layer]
         p, hd = f"layers.{layer}.", cfg.head_dim
         y, s_y = rmsnorm_int(x, self.qm.gain[p + "attention_norm"], self.eps_units, sch.norm_bits)
-        qkv = requantize(self.lin[p + "qkv"](y), lp["qkv"] * s_y, sch.qkv_bits)  # [q_dim + 2 kv_dim]
+        qkv = requantize(self.lin[p + "qkv"].trusted(y), lp["qkv"] * s_y, sch.qkv_bits)  # [q_dim + 2 kv_dim]
         # q and k rotated together: [n_heads + n_kv, hd]
         qk = rope_int(qkv[: cfg.dim + cfg.kv_dim].reshape(-1, hd), self.cos_q[pos], self.sin_q[pos], sch.qkv_bits)
         q = qk[: cfg.n_heads]  # [n_heads, hd]
@@ -244,16 +246,16 @@ class LlamaInt8:
         att = attention_heads(q.reshape(cfg.n_kv_heads, -1, hd), self.k_cache[layer, :, : pos + 1],
                               self.v_cache[layer, :, : pos + 1], lp["score"], lp["att"], sch.att_bits,
                               qmax(sch.qkv_bits))
-        return self.lin[p + "wo"](att.reshape(-1))
+        return self.lin[p + "wo"].trusted(att.reshape(-1))
 
     def ffn_block(self, layer: int, x: np.ndarray) -> np.ndarray:
         """Returns the w2 partial sums int64 [dim] over all FFN columns."""
         sch, lp, p = self.scheme, self.layers[layer], f"layers.{layer}."
         y, s_y = rmsnorm_int(x, self.qm.gain[p + "ffn_norm"], self.eps_units, sch.norm_bits)
-        gate_up = self.lin[p + "w13"](y)  # [2 hidden]
+        gate_up = self.lin[p + "w13"].trusted(y)  # [2 hidden]
         hidden = self.cfg.hidden_dim
         h = swiglu_columns(gate_up[:hidden], gate_up[hidden:], lp["gate"] * s_y, lp["up"] * s_y, sch.ffn_bits)
-        return self.lin[p + "w2"](h)
+        return self.lin[p + "w2"].trusted(h)
 
     def step(self, token: int, pos: int) -> np.ndarray:
         x = self.embed(token)  # [dim] int64, residual units
@@ -261,4 +263,4 @@ class LlamaInt8:
             x = residual_add(x, self.attention_block(layer, x, pos), self.layers[layer]["wo"])
             x = residual_add(x, self.ffn_block(layer, x), self.layers[layer]["w2"])
         y, s_y = rmsnorm_int(x, self.qm.gain["norm"], self.eps_units, self.scheme.cls_bits)
-        return (self.lin["cls"](y) * (self.cls_ratio * s_y)).astype(np.float32)  # [vocab]
+        return (self.lin["cls"].trusted(y) * (self.cls_ratio * s_y)).astype(np.float32)  # [vocab]

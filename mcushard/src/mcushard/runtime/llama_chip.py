@@ -141,7 +141,7 @@ class LlamaChip(ChipProgram):
         ls, sch, cfg, pos = self.s.layers[self.layer], self.s.scheme, self.s.cfg, self.pos
         n_rep, n_p = cfg.n_heads // cfg.n_kv_heads, len(ls.pieces)
         d0, d1 = ls.pieces[0][1], ls.pieces[0][2]
-        qkv = requantize(self.lin[self.layer, "qkv"](self.y), ls.qkv_ratio * self.s_y, sch.qkv_bits)
+        qkv = requantize(self.lin[self.layer, "qkv"].trusted(self.y), ls.qkv_ratio * self.s_y, sch.qkv_bits)
         dlen, nq = d1 - d0, n_p * n_rep * (d1 - d0)
         cos, sin = self.cos_q[pos, d0 // 2: d1 // 2], self.sin_q[pos, d0 // 2: d1 // 2]
         qk = rope_int(qkv[: nq + n_p * dlen].reshape(-1, dlen), cos, sin, sch.qkv_bits)  # q rows, then k rows
@@ -165,7 +165,7 @@ class LlamaChip(ChipProgram):
             self.scores = None
 
     def _wo(self) -> None:
-        self.psum = self.lin[self.layer, "wo"](self.att.reshape(-1))  # [dim] int64 partial sums
+        self.psum = self.lin[self.layer, "wo"].trusted(self.att.reshape(-1))  # [dim] int64 partial sums
 
     def _ffn_norm(self) -> None:
         ls = self.s.layers[self.layer]
@@ -174,13 +174,13 @@ class LlamaChip(ChipProgram):
 
     def _ffn_up(self) -> None:
         ls = self.s.layers[self.layer]
-        gate_up = self.lin[self.layer, "w13"](self.y)  # [2 h_c]
+        gate_up = self.lin[self.layer, "w13"].trusted(self.y)  # [2 h_c]
         hc = ls.ffn_rows[1] - ls.ffn_rows[0]
         self.h = swiglu_columns(gate_up[:hc], gate_up[hc:], ls.gate_ratio * self.s_y, ls.up_ratio * self.s_y,
                                 self.s.scheme.ffn_bits)
 
     def _ffn_down(self) -> None:
-        self.psum = self.lin[self.layer, "w2"](self.h)  # [dim] int64 partial sums
+        self.psum = self.lin[self.layer, "w2"].trusted(self.h)  # [dim] int64 partial sums
 
     def _residual(self) -> None:
         self.x = residual_add(self.x, self.psum, self.s.layers[self.layer].w2_ratio)
@@ -190,7 +190,7 @@ class LlamaChip(ChipProgram):
                                        self.s.scheme.cls_bits)
 
     def _classifier(self) -> None:
-        self.logits = (self.cls(self.y) * (self.s.cls_ratio * self.s_y)).astype(np.float32)  # [rows]
+        self.logits = (self.cls.trusted(self.y) * (self.s.cls_ratio * self.s_y)).astype(np.float32)  # [rows]
 
     def _argmax(self) -> None:
         self.key = pack_argmax(self.logits, self.s.vocab_rows[0], self.s.cfg.vocab_size)
