@@ -95,6 +95,10 @@ def test_rope_int_matches_float():
         got = I.rope_int(x, cq[pos], sq[pos], 16)
         ref = apply_rope(x.astype(np.float64), cos[pos], sin[pos])
         assert np.max(np.abs(got - ref)) <= 2.5
+        # the one-matmul rotation is the pair formula, integer for integer (rounded, then clipped)
+        x0, x1 = x[:, 0::2], x[:, 1::2]
+        pairs = np.stack([x0 * cq[pos] - x1 * sq[pos], x0 * sq[pos] + x1 * cq[pos]], -1).reshape(x.shape)
+        assert np.array_equal(got, np.clip((pairs + 2**13) >> 14, -32767, 32767))
 
 
 def test_int8_tracks_fp32_and_is_deterministic(tiny):

@@ -86,13 +86,23 @@ def rmsnorm_int(x: np.ndarray, gain: np.ndarray, eps_units: int, bits: int) -> t
     return num, peak / (rms * q)
 
 
+def rope_rotation(cos_q: np.ndarray, sin_q: np.ndarray) -> np.ndarray:
+    """Q14 rotation matrices [[cos, -sin], [sin, cos]] of cos_q, sin_q int64 [..., hd/2]: int64 [..., hd/2, 2, 2]
+    (decoders build them once for every position)."""
+    return np.stack([np.stack([cos_q, -sin_q], -1), np.stack([sin_q, cos_q], -1)], -2)
+
+
 def rope_int(x: np.ndarray, cos_q: np.ndarray, sin_q: np.ndarray, bits: int) -> np.ndarray:
     """Rotate interleaved pairs with Q14 tables. x: int64 [heads, hd]; cos_q, sin_q: int64 [hd/2]."""
-    x0, x1 = x[:, 0::2], x[:, 1::2]  # [heads, hd/2]
-    half = 1 << (ROPE_FRAC - 1)
-    out = np.empty_like(x)
-    out[:, 0::2] = (x0 * cos_q - x1 * sin_q + half) >> ROPE_FRAC
-    out[:, 1::2] = (x0 * sin_q + x1 * cos_q + half) >> ROPE_FRAC
+    return rope_rotate(x, rope_rotation(cos_q, sin_q), bits)
+
+
+def rope_rotate(x: np.ndarray, rot: np.ndarray, bits: int) -> np.ndarray:
+    """`rope_int` with the rotation built: x: int64 [heads, hd]; rot: int64 [hd/2, 2, 2] (`rope_rotation`).
+    Each pair becomes (x0 cos - x1 sin + half) >> 14, (x0 sin + x1 cos + half) >> 14, in one int64 matmul."""
+    out = np.matmul(rot, x.reshape(x.shape[0], -1, 2, 1)).reshape(x.shape)  # [heads, hd]
+    out += 1 << (ROPE_FRAC - 1)
+    out >>= ROPE_FRAC
     return clamp(out, qmax(bits))
 
 
@@ -130,7 +140,8 @@ def attention_heads(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, sco
     int64 [n_kv, n_rep, hd] at `bits`.
     """
     # k @ q^T reads each head's cache rows [T, hd] in place (q @ k^T would copy the cache transposed)
-    scores = np.swapaxes(exact_matmul_f64(k_cache, np.swapaxes(q, 1, 2), cache_max, cache_max), 1, 2)  # [n_kv, n_rep, T]
+    scores = exact_matmul_f64(k_cache, np.swapaxes(q, 1, 2), cache_max, cache_max)  # [n_kv, T, n_rep]
+    scores = np.swapaxes(scores, 1, 2)  # [n_kv, n_rep, T]
     probs = softmax_int(scores, score_ratio * math.log2(math.e) * (1 << EXP_FRAC))  # [n_kv, n_rep, T] Q15
     out = exact_matmul_f64(probs, v_cache, a_max=1 << PROB_FRAC, b_max=cache_max)  # [n_kv, n_rep, hd]
     return requantize(out, out_ratio, bits)
@@ -191,8 +202,9 @@ class LlamaInt8:
         self.eps_units = round(cfg.norm_eps / s_res**2)
         self.emb_ratio = qm.scale["tok_embeddings"].astype(np.float64) / s_res  # [vocab]
         cos, sin = rope_tables(cfg)  # [seq, hd/2]
-        self.cos_q = np.rint(cos * (1 << ROPE_FRAC)).astype(np.int64)
-        self.sin_q = np.rint(sin * (1 << ROPE_FRAC)).astype(np.int64)
+        cos_q = np.rint(cos * (1 << ROPE_FRAC)).astype(np.int64)
+        sin_q = np.rint(sin * (1 << ROPE_FRAC)).astype(np.int64)
+        self.rot_q = rope_rotation(cos_q, sin_q)  # [seq, hd/2, 2, 2]
         hd, n_rep = cfg.head_dim, cfg.n_heads // cfg.n_kv_heads
         c = qm.calib
         s_q = static_scale(c.q_max, sch.qkv_bits)  # [layers, n_heads]
@@ -239,7 +251,7 @@ class LlamaInt8:
         y, s_y = rmsnorm_int(x, self.qm.gain[p + "attention_norm"], self.eps_units, sch.norm_bits)
         qkv = requantize(self.lin[p + "qkv"].trusted(y), lp["qkv"] * s_y, sch.qkv_bits)  # [q_dim + 2 kv_dim]
         # q and k rotated together: [n_heads + n_kv, hd]
-        qk = rope_int(qkv[: cfg.dim + cfg.kv_dim].reshape(-1, hd), self.cos_q[pos], self.sin_q[pos], sch.qkv_bits)
+        qk = rope_rotate(qkv[: cfg.dim + cfg.kv_dim].reshape(-1, hd), self.rot_q[pos], sch.qkv_bits)
         q = qk[: cfg.n_heads]  # [n_heads, hd]
         self.k_cache[layer, :, pos] = qk[cfg.n_heads:]  # [n_kv, hd]
         self.v_cache[layer, :, pos] = qkv[cfg.dim + cfg.kv_dim:].reshape(cfg.n_kv_heads, hd)

@@ -26,7 +26,8 @@ from mcushard.runtime.int8 import (
     requantize,
     residual_add,
     rmsnorm_int,
-    rope_int,
+    rope_rotate,
+    rope_rotation,
     softmax_int,
     swiglu_columns,
 )
@@ -44,8 +45,9 @@ class LlamaChip(ChipProgram):
         super().__init__(links, shard.group_size, shard)
         self.s, cfg, sch = shard, shard.cfg, shard.scheme
         cos, sin = rope_tables(cfg)  # [seq, hd/2]
-        self.cos_q = np.rint(cos * (1 << ROPE_FRAC)).astype(np.int64)
-        self.sin_q = np.rint(sin * (1 << ROPE_FRAC)).astype(np.int64)
+        cos_q = np.rint(cos * (1 << ROPE_FRAC)).astype(np.int64)
+        sin_q = np.rint(sin * (1 << ROPE_FRAC)).astype(np.int64)
+        self.rot_q = rope_rotation(cos_q, sin_q)  # [seq, hd/2, 2, 2]
         self.lin: dict[tuple[int, str], ExactLinear] = {}
         self.k_cache: dict[int, np.ndarray] = {}
         self.v_cache: dict[int, np.ndarray] = {}
@@ -143,8 +145,8 @@ class LlamaChip(ChipProgram):
         d0, d1 = ls.pieces[0][1], ls.pieces[0][2]
         qkv = requantize(self.lin[self.layer, "qkv"].trusted(self.y), ls.qkv_ratio * self.s_y, sch.qkv_bits)
         dlen, nq = d1 - d0, n_p * n_rep * (d1 - d0)
-        cos, sin = self.cos_q[pos, d0 // 2: d1 // 2], self.sin_q[pos, d0 // 2: d1 // 2]
-        qk = rope_int(qkv[: nq + n_p * dlen].reshape(-1, dlen), cos, sin, sch.qkv_bits)  # q rows, then k rows
+        rot = self.rot_q[pos, d0 // 2: d1 // 2]  # [dlen/2, 2, 2]
+        qk = rope_rotate(qkv[: nq + n_p * dlen].reshape(-1, dlen), rot, sch.qkv_bits)  # q rows, then k rows
         self.q = qk[: n_p * n_rep].reshape(n_p, n_rep, dlen)  # [pieces, n_rep, dlen]
         self.k_cache[self.layer][:, pos] = qk[n_p * n_rep:]  # [pieces, dlen]
         v = qkv[nq + n_p * dlen:].reshape(n_p, dlen)
