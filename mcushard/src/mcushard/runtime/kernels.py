@@ -35,6 +35,7 @@ F32_EXACT = 2**24  # every integer of magnitude <= 2^24 is exact in float32
 F64_EXACT = 2**53  # likewise for float64
 INT32_MAX = 2**31 - 1
 DIGIT_BITS = 7  # unsigned activation digits [0, 127]: 2 * 127 * 128 < 2^15 (no int16 pair saturation)
+DIGIT_TABLE_MAX = 1 << 15  # activations up to 16 bits split by table lookup (a 64K-column table at most)
 INT8_MIN_WEIGHTS = 1 << 16  # smaller matrices take the float path (lower fixed cost per call)
 
 
@@ -101,10 +102,12 @@ class ExactLinear:
         self.wt_int8 = np.ascontiguousarray(w_int.T, dtype=np.int8)  # [K, out]
         self.offset_rows = self.x_max * np.sum(w_int, axis=1, dtype=np.int64)  # [out]
         self._session = None  # built on first use (and again after unpickling)
+        self._table = None  # the shared digit table (`_digit_table`), looked up with the session
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_session"], state["_buffers"] = None, {}  # an onnxruntime session does not pickle
+        state["_table"] = None
         return state
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -139,11 +142,14 @@ class ExactLinear:
         if bufs is None:
             bufs = self._buffers[n] = self._bind(n)
         digits, acc, run = bufs  # uint8 [digits, n, K], int32 [digits, n, out], the bound session run
-        v = np.add(xt, self.x_max, dtype=np.int64)  # [n, K] in [0, 2 x_max]
         mask, top = (1 << DIGIT_BITS) - 1, self.n_digits - 1
-        for i in range(top):
-            np.bitwise_and(v >> (DIGIT_BITS * i) if i else v, mask, out=digits[i], casting="unsafe")
-        np.right_shift(v, DIGIT_BITS * top, out=digits[top], casting="unsafe")  # < 128 as v <= 2 x_max
+        if self._table is not None:  # every digit in one gather (|x| <= x_max: checked or by construction)
+            np.take(self._table, xt, axis=1, out=digits, mode="wrap")
+        else:
+            v = np.add(xt, self.x_max, dtype=np.int64)  # [n, K] in [0, 2 x_max]
+            for i in range(top):
+                np.bitwise_and(v >> (DIGIT_BITS * i) if i else v, mask, out=digits[i], casting="unsafe")
+            np.right_shift(v, DIGIT_BITS * top, out=digits[top], casting="unsafe")  # < 128 as v <= 2 x_max
         run()
         y = np.multiply(acc[top], 1 << DIGIT_BITS, dtype=np.int64)  # [n, out], Horner from the top digit
         for i in range(top - 1, 0, -1):
@@ -157,6 +163,7 @@ class ExactLinear:
         """Input/output buffers for batch size n, bound to the session once."""
         if self._session is None:
             self._session = _matmul_integer_session(self.wt_int8)
+            self._table = _digit_table(self.x_max, self.n_digits) if self.x_max <= DIGIT_TABLE_MAX else None
         digits = np.empty((self.n_digits, n, self.k), np.uint8)  # [digits, n, K]
         acc = np.empty((self.n_digits, n, self.out), np.int32)  # [digits, n, out]
         binding = self._session.io_binding()
@@ -166,6 +173,17 @@ class ExactLinear:
         if sess is not None and hasattr(binding, "_iobinding"):
             return digits, acc, functools.partial(sess.run_with_iobinding, binding._iobinding, None)
         return digits, acc, functools.partial(self._session.run_with_iobinding, binding)
+
+
+@functools.lru_cache(maxsize=None)
+def _digit_table(x_max: int, n_digits: int) -> np.ndarray:
+    """uint8 [digits, 2 x_max + 1]: column x mod (2 x_max + 1) holds the 7-bit digits of x + x_max for every
+    integer |x| <= x_max, so `np.take(table, x, axis=1, mode="wrap")` splits an activation in one pass.
+    One table per width, shared by every matrix of the process (8 KB for 12-bit activations)."""
+    size = 2 * x_max + 1
+    i = np.arange(size)  # [size]
+    v = np.where(i <= x_max, i, i - size) + x_max  # [size]: x + x_max of the x that wraps to column i
+    return np.stack([(v >> (DIGIT_BITS * d)) & ((1 << DIGIT_BITS) - 1) for d in range(n_digits)]).astype(np.uint8)
 
 
 def _matmul_integer_session(wt_int8: np.ndarray):
