@@ -70,14 +70,18 @@ def plot_curves(
         ("wall_s", "curves_wall_clock.png", "wall-clock time (min, compilation included)"),
     ):
         fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+        seen: set[str] = set()
+        extra = iter(["tab:cyan", "tab:olive", "tab:brown", "tab:pink", "black"] * len(curves))
         for curve in curves:
             xs = [x / 60.0 for x in curve.wall_s] if axis == "wall_s" else list(curve.env_steps)
-            color = COLORS.get(curve.algo)
+            color = COLORS.get(curve.algo) if curve.algo not in seen else next(extra)  # a second run of an algo
+            seen.add(curve.algo)
             ax.plot(xs, curve.eval_return, marker="o", ms=3, label=f"{curve.label} (evaluation)", color=color)
             if curve.train_points:
                 tx = [p[1] / 60.0 if axis == "wall_s" else p[0] for p in curve.train_points]
                 ty = [p[2] for p in curve.train_points]
-                ax.plot(tx, ty, ls=":", lw=1, color=color, alpha=0.7, label=f"{curve.label} (training episodes)")
+                ax.plot(tx, ty, ls=":", lw=1, color=ax.get_lines()[-1].get_color(), alpha=0.7,
+                        label=f"{curve.label} (training episodes)")
         if anchor is not None and axis == "env_steps":
             ax.axhline(anchor[1], ls="--", color="gray", lw=1)
             ax.annotate(f"PPO anchor: {anchor[1]:,.0f} at {anchor[0] / 1e6:.1f}M steps", (0, anchor[1]),
