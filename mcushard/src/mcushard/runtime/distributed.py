@@ -60,23 +60,51 @@ class RunStats:
         return {k: v / max(len(self.link_bytes), 1) for k, v in sorted(total.items())}
 
 
-class DistributedLlama:
+class ClusterModel:
+    """Host side of a model run by one process per chip: the cluster, its RunStats; a context manager."""
+
+    def __init__(self, plan: Plan, cfg, make_chip, shards, group_size: int, timeout_s: float) -> None:
+        self.plan, self.cfg = plan, cfg
+        self.stats = RunStats()
+        self.cluster = ChipCluster(plan.n_chips, plan_links(plan, group_size), make_chip, shards,
+                                   timeout_s=timeout_s)
+
+    def _request(self, *request: object) -> list[dict]:
+        """One request to every chip; the replies, with the wall time and what the chips counted recorded."""
+        t0 = time.perf_counter()
+        replies = self.cluster.request(request)
+        self.stats.seconds += time.perf_counter() - t0
+        self.stats.comm_s += sum(r["comm_s"] for r in replies)
+        self.stats.busy_s += sum(r["step_s"] for r in replies)
+        self.stats.cpu_s += sum(r.get("cpu_s", 0.0) for r in replies)
+        self.stats.link_bytes.append({(c, peer): b for c, r in enumerate(replies) for peer, b in r["sent"].items()})
+        return replies
+
+    def held(self) -> list[dict[str, int]]:
+        """Per chip: bytes it stores, counted by the chip process itself (see `ChipProgram.held`)."""
+        return self.cluster.request(("held",))
+
+    def close(self) -> None:
+        self.cluster.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class DistributedLlama(ClusterModel):
     """A Decoder (`step(token, pos) -> logits`) backed by one process per chip; a context manager."""
 
     def __init__(self, plan: Plan, ref, group_size: int, timeout_s: float = 60.0) -> None:
-        self.plan, self.cfg = plan, ref.cfg
-        shards = llama_shards(plan, ref, group_size)
-        self.stats = RunStats()
-        self.cluster = ChipCluster(plan.n_chips, plan_links(plan, group_size), make_llama_chip, shards,
-                                   timeout_s=timeout_s)
+        super().__init__(plan, ref.cfg, make_llama_chip, llama_shards(plan, ref, group_size), group_size, timeout_s)
 
     def step(self, token: int, pos: int) -> np.ndarray:
         """float32 logits [vocab] of position `pos` fed `token` (the chips' slices, concatenated)."""
         if not 0 <= pos < self.cfg.max_seq_len:
             raise McushardError(f"position {pos} outside the model's {self.cfg.max_seq_len}")
-        t0 = time.perf_counter()
-        replies = self.cluster.request(("step", int(token), int(pos)))
-        self.stats.seconds += time.perf_counter() - t0
+        replies = self._request("step", int(token), int(pos))
         logits = np.empty(self.cfg.vocab_size, np.float32)  # [vocab]
         covered = 0
         for r in replies:
@@ -89,24 +117,7 @@ class DistributedLlama:
         chosen = {r["token"] for r in replies if r["token"] is not None}
         if chosen != {int(np.argmax(logits))}:
             raise McushardError(f"argmax all-reduce gave {sorted(chosen)}, the logits {int(np.argmax(logits))}")
-        self.stats.comm_s += sum(r["comm_s"] for r in replies)
-        self.stats.busy_s += sum(r["step_s"] for r in replies)
-        self.stats.cpu_s += sum(r["cpu_s"] for r in replies)
-        self.stats.link_bytes.append({(c, peer): b for c, r in enumerate(replies) for peer, b in r["sent"].items()})
         return logits
-
-    def held(self) -> list[dict[str, int]]:
-        """Per chip: bytes it stores, counted by the chip process itself (see `ChipProgram.held`)."""
-        return self.cluster.request(("held",))
-
-    def close(self) -> None:
-        self.cluster.close()
-
-    def __enter__(self) -> DistributedLlama:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 @dataclass(frozen=True)
