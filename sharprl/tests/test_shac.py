@@ -100,3 +100,9 @@ def test_presets_hold_the_reference_ant_settings():
     assert (cfg.gamma, cfg.td_lambda, cfg.critic_iterations, cfg.episode_length) == (0.99, 0.95, 16, 1000)
     assert (cfg.sharpness, cfg.rho, cfg.seed, cfg.epochs) == ("asam", 0.5, 3, 488)
     assert preset("ant", "shac-sam").rho == 0.05 and preset("ant").sharpness is None
+
+
+def test_preset_sizes_the_run_after_overrides_that_change_an_epoch():
+    cfg = preset("cartpole", "shac", env_steps=150 * 32 * 32, num_envs=32, horizon=32)
+    assert (cfg.num_envs, cfg.horizon, cfg.epochs) == (32, 32, 150)
+    assert preset("cartpole", "shac", env_steps=1280).epochs == 1280 // (16 * 8)

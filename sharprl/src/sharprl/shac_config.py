@@ -112,8 +112,9 @@ def preset(
         raise SharprlError(f"unknown SHAC algorithm {algo!r}: expected one of {', '.join(ALGOS)}")
     cfg = dataclasses.replace(PRESETS[env], sharpness=None if algo == "shac" else algo.split("-")[1], seed=seed)
     cfg = dataclasses.replace(cfg, rho=rho if rho is not None else (0.5 if algo == "shac-asam" else 0.05))
+    cfg = dataclasses.replace(cfg, **overrides) if overrides else cfg  # before sizing: they may change an epoch
     if env_steps is not None:
         if env_steps < cfg.env_steps_per_epoch:
             raise SharprlError(f"--env-steps {env_steps} is less than one epoch ({cfg.env_steps_per_epoch} steps)")
         cfg = dataclasses.replace(cfg, epochs=env_steps // cfg.env_steps_per_epoch)
-    return dataclasses.replace(cfg, **overrides) if overrides else cfg
+    return cfg
