@@ -263,7 +263,7 @@ def plan_evaluation(
         )
         stages[stage].append((ref, job))
 
-    noise_in_sweep = _rho_from_sweep(budget, include)
+    noise_in_sweep = _rho_in_sweep(budget, include)
     for ref in refs:
         if ref.main:
             add("robustness", "robustness", ref)
@@ -274,8 +274,9 @@ def plan_evaluation(
     return stages
 
 
-def _rho_from_sweep(budget: Budget, include: Sequence[str]) -> bool:
-    return "robustness" in include and budget.rho_sweep_noise in budget.sweep.noise_levels
+def _rho_in_sweep(budget: Budget, include: Sequence[str]) -> bool:
+    """True when the main runs' trade-off points come from their robustness sweep (run or reused)."""
+    return "rho" in include and budget.rho_sweep_noise in budget.sweep.noise_levels
 
 
 @dataclasses.dataclass
@@ -319,13 +320,22 @@ def run_study(
     done = [(r, o.result) for r, o in zip(refs, train_out) if o.result is not None]
     stages = plan_evaluation(budget, [r for r, _ in done], out, include)
     eval_jobs = [job for key in include for _, job in stages[key]]
+    rho_in_sweep = _rho_in_sweep(budget, include)
+    if rho_in_sweep and "robustness" not in include:  # the main runs' sweeps: reused when finished, else run
+        eval_jobs += [job for ref, job in stages["robustness"] if ref.algo in ("shac", "shac-asam")]
     eval_out = {o.job.name: o for o in execute(eval_jobs)}
-    finished = {
-        key: [(r, eval_out[j.name].result) for r, j in stages[key] if eval_out[j.name].result is not None]
+    finished = {  # a stage's jobs that ran (or had finished before) with a result
+        key: [
+            (r, eval_out[j.name].result)
+            for r, j in stages[key]
+            if j.name in eval_out and eval_out[j.name].result is not None
+        ]
         for key in stages
     }
-    if _rho_from_sweep(budget, include):  # the main runs' trade-off points come from their robustness sweep
+    if rho_in_sweep:  # the main runs' trade-off points come from their robustness sweep
         finished["rho"] += [(r, x) for r, x in finished["robustness"] if r.algo in ("shac", "shac-asam")]
+    if "robustness" not in include:
+        finished["robustness"] = []
     outcomes = list(train_out) + list(eval_out.values())
     return StudyResults(
         budget,
