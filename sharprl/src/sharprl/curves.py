@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
 import math
 from pathlib import Path
 
@@ -71,7 +72,7 @@ def plot_curves(
     ):
         fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
         seen: set[str] = set()
-        extra = iter(["tab:cyan", "tab:olive", "tab:brown", "tab:pink", "black"] * len(curves))
+        extra = itertools.cycle(["tab:cyan", "tab:olive", "tab:brown", "tab:pink", "black"])
         for curve in curves:
             xs = [x / 60.0 for x in curve.wall_s] if axis == "wall_s" else list(curve.env_steps)
             color = COLORS.get(curve.algo) if curve.algo not in seen else next(extra)  # a second run of an algo
