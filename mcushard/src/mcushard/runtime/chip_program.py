@@ -13,8 +13,8 @@ import numpy as np
 
 from mcushard.errors import McushardError
 from mcushard.partition.plan import AllReduce, Send
-from mcushard.runtime.chips import chip_schedule, run_rounds
-from mcushard.runtime.links import Links
+from mcushard.runtime.chips import BoundRounds, chip_schedule, run_rounds
+from mcushard.runtime.links import SLOT_BYTES, Links
 
 WIRE_DTYPES = {1: np.int8, 2: np.int16, 4: np.int32, 8: np.int64}  # elem_bytes -> integer wire type
 
@@ -56,17 +56,35 @@ class ChipProgram:
         self.links = links
         self.shard = shard  # everything this chip was given (a frozen dataclass of arrays)
         self.group_size = group_size
+        self._bound: dict[tuple, tuple] = {}  # (id(step), n, exclusive) -> `_bind` of that all-reduce
 
     def allreduce(self, step: AllReduce, vector: np.ndarray, exclusive: bool = False) -> np.ndarray:
         """All-reduce `vector` (integers [n]) over the step's group with its algorithm; int64 result.
 
         `exclusive`: every element is non-zero on at most one chip (zero-padded lookups), so the
         sum of any subset fits wherever one vector does."""
-        mine = chip_schedule(step.algorithm, step.group, int(vector.size), self.group_size, self.links.chip)
+        key = (id(step), vector.size, exclusive)
+        bound = self._bound.get(key)
+        if bound is None:
+            bound = self._bound[key] = self._bind(step, int(vector.size), exclusive)
+        rounds, limit, combine = bound
+        if vector.size and (int(np.maximum.reduce(vector)) > limit or int(np.minimum.reduce(vector)) < -limit):
+            to_wire(vector, step.elem_bytes, 1 if exclusive or step.op == "argmax" else len(step.group))  # raises
+        if isinstance(rounds, BoundRounds):
+            return rounds.run(vector, combine)
+        return run_rounds(self.links, rounds, to_wire(vector, step.elem_bytes), combine).astype(np.int64)
+
+    def _bind(self, step: AllReduce, n: int, exclusive: bool) -> tuple:
+        """(this chip's rounds, bound to its links when they fit them, the wire-format limit, the
+        combining function) of `step` for vectors of n elements (`_bound` keeps them: `step` objects
+        live as long as the chip's program)."""
+        mine = chip_schedule(step.algorithm, step.group, n, self.group_size, self.links.chip)
+        dtype = np.dtype(WIRE_DTYPES.get(step.elem_bytes, np.int64))
         members = 1 if exclusive or step.op == "argmax" else len(step.group)
-        wire = to_wire(vector, step.elem_bytes, members)
-        combine = np.maximum if step.op == "argmax" else None
-        return run_rounds(self.links, mine, wire, combine).astype(np.int64)
+        limit = int(np.iinfo(dtype).max) // max(members, 1)
+        if step.elem_bytes in WIRE_DTYPES and BoundRounds.fits(mine, dtype.itemsize, SLOT_BYTES):
+            mine = BoundRounds(self.links, mine, n, dtype)
+        return mine, limit, (np.maximum if step.op == "argmax" else None)
 
     def send(self, step: Send, vector: np.ndarray) -> None:
         self.links.send(step.dst, to_wire(vector, step.elem_bytes))

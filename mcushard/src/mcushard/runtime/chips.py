@@ -38,7 +38,7 @@ import numpy as np
 
 from mcushard.errors import McushardError
 from mcushard.partition.collectives import Round, schedule
-from mcushard.runtime.links import Channel, HostGone, Links, link_channels
+from mcushard.runtime.links import SLOT_BYTES, Channel, HostGone, Links, link_channels
 
 Edge = tuple[int, int]
 Sends = tuple[tuple[int, int, int], ...]  # (destination, start, stop) of a round's outgoing messages
@@ -69,8 +69,45 @@ def chip_schedule(algorithm: str, group: tuple[int, ...], n: int, group_size: in
 
 def all_reduce(links: Links, rounds: list[Round], vector: np.ndarray,
                combine: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> np.ndarray:
-    """Carry out this chip's part of an all-reduce schedule (`rounds`) on `vector` [n, ...]."""
-    return run_rounds(links, my_rounds(rounds, links.chip), vector, combine)
+    """Carry out this chip's part of an all-reduce schedule (`rounds`) on `vector` [n, ...] (bound to the
+    links, `BoundRounds`, when its messages fit them)."""
+    mine = my_rounds(rounds, links.chip)
+    if vector.ndim == 1 and BoundRounds.fits(mine, vector.itemsize, SLOT_BYTES):
+        return BoundRounds(links, mine, vector.size, vector.dtype).run(vector, combine).astype(vector.dtype)
+    return run_rounds(links, mine, vector, combine)
+
+
+class BoundRounds:
+    """This chip's rounds `mine` of one all-reduce, bound to its links once: a wire buffer `out` [n]
+    and, per message, a `Route` and the slice of `out` it sends from or lands in. `run` does what
+    `run_rounds` does with no look-ups, headers or array views made per message (a chip repeats
+    the same all-reduces every token). Only for schedules whose every message fits one link slot and
+    whose rounds' sends fit the links' buffers (`fits`); `run_rounds` carries out the others."""
+
+    def __init__(self, links: Links, mine: tuple[ChipRound, ...], n: int, dtype: np.dtype) -> None:
+        self.out = np.zeros(n, dtype)  # [n] the wire vector, reused every call
+        self.rounds = tuple(
+            (tuple((links.route(dst, True, dtype, b - a), self.out[a:b]) for dst, a, b in sends),
+             tuple((links.route(src, False, dtype, b - a), self.out[a:b], reduce) for src, a, b, reduce in recvs))
+            for sends, recvs, _ in mine)
+
+    @staticmethod
+    def fits(mine: tuple[ChipRound, ...], itemsize: int, slot_bytes: int) -> bool:
+        return all(elements * itemsize <= INLINE_SEND_BYTES
+                   and all((b - a) * itemsize <= slot_bytes for _, a, b in sends)
+                   and all((b - a) * itemsize <= slot_bytes for _, a, b, _ in recvs)
+                   for sends, recvs, elements in mine)
+
+    def run(self, vector: np.ndarray, combine: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+            ) -> np.ndarray:
+        """The all-reduce of `vector` [n] (already in the wire type's range) as int64 [n] (a new array)."""
+        np.copyto(self.out, vector, casting="unsafe")
+        for sends, recvs in self.rounds:
+            for route, part in sends:
+                route.send(part)
+            for route, part, reduce in recvs:
+                route.recv(part, reduce, combine)
+        return self.out.astype(np.int64)
 
 
 def run_rounds(links: Links, mine: tuple[ChipRound, ...], vector: np.ndarray,

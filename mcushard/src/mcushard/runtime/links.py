@@ -109,6 +109,60 @@ class Channel:
         return None
 
 
+class Route:
+    """One direction of a link bound to one message shape (a 1-D array of `n` `dtype` elements that fits
+    one slot): what a chip sends or receives at the same place of its program every token. The
+    slot header and a typed view of every slot's payload are made once, so a message costs a
+    semaphore, a header write or check, and one numpy copy or add (`Links.route` makes them)."""
+
+    __slots__ = ("links", "channel", "peer", "head", "nbytes", "payloads")
+
+    def __init__(self, links: "Links", channel: Channel, peer: int, dtype: np.dtype, n: int) -> None:
+        self.links, self.channel, self.peer = links, channel, peer
+        self.head = _header(np.dtype(dtype), (n,))
+        self.nbytes = n * np.dtype(dtype).itemsize
+        if self.nbytes > channel.slot_bytes:
+            raise ValueError(f"a route carries one slot ({channel.slot_bytes} bytes), not {self.nbytes}")
+        if channel._view is None:
+            channel._view = memoryview(channel.buffer).cast("B")
+        self.payloads = [np.frombuffer(channel.buffer, dtype, n, i * channel.stride + HEADER_BYTES)
+                         for i in range(channel.slots)]  # per slot: its payload as [n] dtype
+
+    def send(self, array: np.ndarray) -> None:
+        """Send `array` ([n], any dtype that casts safely to the route's) to the peer; counts its bytes."""
+        ch = self.channel
+        if not ch.free.acquire(False):
+            _wait(ch.free, self.links._check)
+        i = ch._next
+        ch._next = i + 1 if i + 1 < ch.slots else 0
+        base = i * ch.stride
+        ch._view[base:base + HEADER_BYTES] = self.head
+        np.copyto(self.payloads[i], array)
+        ch.full.release()
+        self.links.bytes_sent[self.peer] += self.nbytes
+
+    def recv(self, into: np.ndarray, reduce: bool = False, combine: Any = None) -> None:
+        """Apply the next message from the peer to `into` ([n]) as `Links.recv_into` does."""
+        ch = self.channel
+        if not ch.full.acquire(False):
+            _wait(ch.full, self.links._check)
+        i = ch._next
+        ch._next = i + 1 if i + 1 < ch.slots else 0
+        base = i * ch.stride
+        if ch._view[base:base + HEADER_BYTES] != self.head:
+            n, dtype, shape = _describe(bytes(ch._view[base:base + HEADER_BYTES]))
+            raise RuntimeError(f"chip {self.links.chip}: a link delivered {dtype} {shape} where "
+                               f"{self.payloads[0].dtype} ({len(self.payloads[0])},) was expected")
+        part = self.payloads[i]
+        if not reduce:
+            np.copyto(into, part)
+        elif combine is None:
+            np.add(into, part, out=into)
+        else:
+            into[...] = combine(into, part)
+        ch.free.release()
+
+
 def _apply(into: np.ndarray, part: np.ndarray, reduce: bool, combine: Any) -> None:
     if into.shape != part.shape:
         raise RuntimeError(f"a link delivered shape {part.shape} where {into.shape} was expected")
@@ -159,6 +213,13 @@ class Links:
         """Apply the next array from `peer` to `into` in place: overwrite it, or (`reduce`) add it
         or combine it (`combine(into, received)`); it must have `into`'s shape."""
         self._channel_from(peer).get(self._check, into, reduce, combine)
+
+    def route(self, peer: int, outgoing: bool, dtype: np.dtype, n: int) -> Route:
+        """A `Route` to (`outgoing`) or from `peer` for messages of `n` `dtype` elements (one slot)."""
+        channel = self._out.get(peer) if outgoing else self._in.get(peer)
+        if channel is None:
+            raise RuntimeError(f"chip {self.chip} has no link to chip {peer}")
+        return Route(self, channel, peer, dtype, n)
 
     def _channel_from(self, peer: int) -> Channel:
         channel = self._in.get(peer)
