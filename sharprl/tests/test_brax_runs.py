@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from sharprl import checkpoint, shac
 from sharprl.cli import app
-from sharprl.envs import Perturbation, make_task, perturb_system
+from sharprl.envs import Perturbation, healthy_barrier, make_task, perturb_system
 from sharprl.evaluate import evaluate
 from sharprl.shac_config import preset
 
@@ -113,6 +115,19 @@ def test_mass_scale_reaches_the_effective_masses_spring_simulates():
     np.testing.assert_allclose(inertia2, 2.0 * inertia0)
     raw = perturb_system(sys, 1.0, 2.0, 1.0, backend="generalized")  # generalized uses the raw masses
     np.testing.assert_allclose(raw.link.inertia.mass, 2.0 * sys.link.inertia.mass)
+
+
+def test_healthy_barrier_is_zero_inside_the_range_and_has_a_gradient_near_its_ends():
+    env = make_task("ant", backend="spring").env  # healthy torso heights: (0.2, 1.0)
+
+    def at_height(z):  # the barrier reads only the torso position of the pipeline state
+        return healthy_barrier(env, SimpleNamespace(x=SimpleNamespace(pos=jnp.zeros((9, 3)).at[0, 2].set(z))), 0.1)
+
+    assert float(at_height(0.75)) == 0.0 and float(jax.grad(at_height)(0.75)) == 0.0
+    assert float(at_height(0.95)) == pytest.approx(0.25) and float(at_height(1.0)) == pytest.approx(1.0)
+    assert float(jax.grad(at_height)(0.95)) == pytest.approx(10.0)  # d/dz ((z - 0.9) / 0.1)^2
+    assert float(jax.grad(at_height)(0.25)) == pytest.approx(-10.0)  # the floor pushes up
+    assert float(healthy_barrier(make_task("cartpole").env, None, 0.1)) == 0.0  # no healthy range
 
 
 def test_cli_errors_are_one_line_with_exit_code_2(tmp_path):

@@ -127,6 +127,31 @@ def perturb_system(sys, friction_scale=1.0, mass_scale=1.0, gravity_scale=1.0, b
     )
 
 
+def healthy_barrier(env: PipelineEnv, pipeline_state, margin: float) -> jax.Array:
+    """A smooth () penalty, 0 inside the healthy range and 1 at its ends, quadratic within ``margin``.
+
+    Brax's Ant and Humanoid end an episode when the torso height leaves ``healthy_z_range`` (Hopper:
+    also its angle leaves ``healthy_angle_range``). That test is a step function, so a gradient
+    through the physics never sees it: a first-order learner that bounds forward faster and faster
+    is not told that the next bound ends the episode (measured: the collapsed SHAC Ant policy ended
+    its episodes after 26-713 steps with the torso above z = 1.0). This barrier gives that boundary
+    a gradient. Tasks without a healthy range (cartpole, halfcheetah) get 0.
+    """
+    z_range = getattr(env, "_healthy_z_range", None)
+    if z_range is None:
+        return jnp.zeros(())
+    if hasattr(env, "_healthy_angle_range"):  # hopper: (z, angle) are q[1], q[2]
+        checks = ((pipeline_state.q[1], z_range), (pipeline_state.q[2], env._healthy_angle_range))
+    else:  # ant, humanoid: torso height
+        checks = ((pipeline_state.x.pos[0, 2], z_range),)
+    penalty = jnp.zeros(())
+    for value, (low, high) in checks:
+        over = jax.nn.relu(value - (high - margin)) / margin
+        under = jax.nn.relu((low + margin) - value) / margin
+        penalty = penalty + over**2 + under**2
+    return penalty
+
+
 def with_system(env: PipelineEnv, sys) -> PipelineEnv:
     """A shallow copy of ``env`` that simulates ``sys`` (may hold traced values inside jit)."""
     out = copy.copy(env)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import flax.linen as nn
@@ -57,6 +58,7 @@ class PolicySpec:
     hidden_sizes: tuple[int, ...] = (128, 64, 32)  # actor MLP widths (SHAC's Ant actor)
     activation: str = "elu"  # hidden-layer activation name (see activation_fn)
     log_std_init: float = -1.0  # initial log standard deviation of the Gaussian (state independent)
+    layer_norm: bool = False  # LayerNorm after each hidden activation (SHAC's reference networks)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (tuples become lists)."""
@@ -79,6 +81,27 @@ class PolicySpec:
             raise SharprlError(f"malformed policy spec {data!r}: {exc}") from None
 
 
+def mlp_torso(x: jax.Array, hidden_sizes: Sequence[int], activation: str, layer_norm: bool) -> jax.Array:
+    """Hidden layers Dense -> activation (-> LayerNorm); ``x: (..., in)`` -> ``(..., hidden_sizes[-1])``.
+
+    With ``layer_norm`` the weights start orthogonal with gain sqrt(2) and zero biases, and each
+    hidden layer is normalised after its activation, as in SHAC's reference networks: LayerNorm
+    bounds how fast the output can change with the input, which keeps the policy (and the loss seen
+    through the physics) from becoming arbitrarily sharp. Call inside a compact flax module.
+    """
+    act = activation_fn(activation)
+    dense = (
+        partial(nn.Dense, kernel_init=nn.initializers.orthogonal(2.0**0.5), bias_init=nn.initializers.zeros)
+        if layer_norm
+        else nn.Dense
+    )
+    for width in hidden_sizes:
+        x = act(dense(width)(x))  # (..., width)
+        if layer_norm:
+            x = nn.LayerNorm()(x)  # (..., width)
+    return x
+
+
 class GaussianActor(nn.Module):
     """MLP giving the mean and log-std of a Gaussian over pre-tanh actions."""
 
@@ -86,14 +109,12 @@ class GaussianActor(nn.Module):
     hidden_sizes: Sequence[int] = (128, 64, 32)  # hidden widths
     activation: str = "elu"  # hidden activation name
     log_std_init: float = -1.0  # initial value of the state-independent log-std
+    layer_norm: bool = False  # LayerNorm after each hidden activation (see mlp_torso)
 
     @nn.compact
     def __call__(self, obs: jax.Array) -> tuple[jax.Array, jax.Array]:
         # obs: (..., obs_size), already normalised
-        act = activation_fn(self.activation)
-        x = obs
-        for width in self.hidden_sizes:
-            x = act(nn.Dense(width)(x))  # (..., width)
+        x = mlp_torso(obs, self.hidden_sizes, self.activation, self.layer_norm)  # (..., hidden[-1])
         mean = nn.Dense(self.action_size)(x)  # (..., action_size)
         log_std = self.param("log_std", nn.initializers.constant(self.log_std_init), (self.action_size,))
         return mean, jnp.broadcast_to(log_std, mean.shape)  # both (..., action_size)
@@ -104,20 +125,20 @@ class ValueCritic(nn.Module):
 
     hidden_sizes: Sequence[int] = (64, 64)  # hidden widths (SHAC's Ant critic)
     activation: str = "elu"  # hidden activation name
+    layer_norm: bool = False  # LayerNorm after each hidden activation (see mlp_torso)
 
     @nn.compact
     def __call__(self, obs: jax.Array) -> jax.Array:
         # obs: (..., obs_size), already normalised
-        act = activation_fn(self.activation)
-        x = obs
-        for width in self.hidden_sizes:
-            x = act(nn.Dense(width)(x))  # (..., width)
+        x = mlp_torso(obs, self.hidden_sizes, self.activation, self.layer_norm)  # (..., hidden[-1])
         return nn.Dense(1)(x)[..., 0]  # (...,)
 
 
 def make_actor(spec: PolicySpec) -> GaussianActor:
     """The flax actor module a Gaussian PolicySpec describes."""
-    return GaussianActor(spec.action_size, tuple(spec.hidden_sizes), spec.activation, spec.log_std_init)
+    return GaussianActor(
+        spec.action_size, tuple(spec.hidden_sizes), spec.activation, spec.log_std_init, spec.layer_norm
+    )
 
 
 def init_normalizer(observation_size: int) -> NormalizerState:

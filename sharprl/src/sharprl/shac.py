@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import optax
 
 from sharprl import checkpoint, networks, sharpness
-from sharprl.envs import Task
+from sharprl.envs import Task, healthy_barrier
 from sharprl.errors import SharprlError
 from sharprl.evaluate import evaluate
 from sharprl.returns import RETURN_WINDOW, finished_returns, mean_training_return
@@ -64,9 +64,10 @@ class Learner:
             hidden_sizes=tuple(config.actor_hidden),
             activation=config.activation,
             log_std_init=config.log_std_init,
+            layer_norm=config.layer_norm,
         )
         self.actor = networks.make_actor(self.spec)
-        self.critic = networks.ValueCritic(tuple(config.critic_hidden), config.activation)
+        self.critic = networks.ValueCritic(tuple(config.critic_hidden), config.activation, config.layer_norm)
         self.make_policy, _ = networks.policy_factory(self.spec)
         critic_updates = config.epochs * config.critic_iterations * config.critic_minibatches
         self.actor_opt = sharpness.wrap(
@@ -143,13 +144,18 @@ class Learner:
             nxt = jax.vmap(task.step)(env_state, action, jax.random.split(rng_noise, n))
             finite = jnp.all(jnp.isfinite(nxt.obs), axis=-1) & jnp.isfinite(nxt.reward)  # (n,)
             reward = jnp.where(finite, nxt.reward, 0.0)  # (n,) raw
+            if cfg.healthy_barrier:
+                barrier = jax.vmap(lambda p: healthy_barrier(task.env, p, cfg.healthy_margin))(nxt.pipeline_state)
+                shaped = reward - cfg.healthy_barrier * jnp.where(finite, barrier, 0.0)  # (n,)
+            else:
+                shaped = reward
             ep_step = ep_step + 1
             terminated = (nxt.done > 0.5) | ~finite
             done = terminated | (ep_step >= cfg.episode_length)
             next_obs = jnp.where(finite[:, None], nxt.obs, 0.0)  # (n, obs) before any reset
             value = self.critic.apply(state.target_critic_params, obs_norm(next_obs))  # (n,)
             value = jnp.where(terminated, 0.0, value)
-            rew_acc = rew_acc + disc * reward * cfg.reward_scale
+            rew_acc = rew_acc + disc * shaped * cfg.reward_scale
             cut = done | last  # windows end here: add the bootstrapped return to the loss
             loss = loss - jnp.sum(jnp.where(cut, rew_acc + cfg.gamma * disc * value, 0.0))
             disc = jnp.where(done, 1.0, disc * cfg.gamma)
@@ -159,7 +165,7 @@ class Learner:
             )
             out = {
                 "obs": jax.lax.stop_gradient(obs),  # (n, obs) raw, for the normaliser and critic
-                "reward": jax.lax.stop_gradient(reward * cfg.reward_scale),  # (n,)
+                "reward": jax.lax.stop_gradient(shaped * cfg.reward_scale),  # (n,) what the losses optimise
                 "raw_reward": jax.lax.stop_gradient(reward),  # (n,)
                 "done": cut.astype(jnp.float32),  # (n,) 1 where the critic target must bootstrap
                 "ep_done": done,  # (n,) episode finished (terminated or truncated)

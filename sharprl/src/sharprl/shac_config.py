@@ -24,6 +24,7 @@ class SHACConfig:
     actor_hidden: tuple[int, ...] = (128, 64, 32)  # Gaussian actor MLP widths
     critic_hidden: tuple[int, ...] = (64, 64)  # value critic MLP widths
     activation: str = "elu"  # hidden activation of both networks
+    layer_norm: bool = False  # LayerNorm after each hidden activation, orthogonal init (the reference's networks)
     log_std_init: float = -1.0  # initial state-independent log std of the actor
     actor_lr: float = 2e-3  # actor Adam learning rate at epoch 0
     critic_lr: float = 2e-3  # critic Adam learning rate at epoch 0
@@ -37,6 +38,8 @@ class SHACConfig:
     critic_iterations: int = 16  # passes over the epoch's (horizon * num_envs) critic samples
     critic_minibatches: int = 4  # minibatches per pass (DiffRL num_batch)
     reward_scale: float = 1.0  # multiplies rewards inside the losses (logged returns are raw)
+    healthy_barrier: float = 0.0  # training-only penalty weight as the body nears its healthy range's ends
+    healthy_margin: float = 0.1  # width of that barrier, in the range's units (m for heights, rad for angles)
     normalize_observations: bool = True  # running mean/std observation normalisation
     episode_length: int = 1000  # time limit; truncated episodes bootstrap from the target critic
     sharpness: str | None = None  # None (SHAC), "sam" or "asam" on the actor update
@@ -60,6 +63,8 @@ class SHACConfig:
             "critic_minibatches": self.critic_minibatches >= 1
             and (self.num_envs * self.horizon) % self.critic_minibatches == 0,
             "rho": self.rho >= 0.0,
+            "healthy_barrier": self.healthy_barrier >= 0.0,
+            "healthy_margin": self.healthy_margin > 0.0,
             "sharpness": self.sharpness in (None, "sam", "asam"),
             "episode_length": self.episode_length >= 1,
             "eval_episodes": self.eval_episodes >= 1,
@@ -80,7 +85,7 @@ class SHACConfig:
 
 
 PRESETS: dict[str, SHACConfig] = {
-    "ant": SHACConfig(),
+    "ant": SHACConfig(healthy_barrier=5.0),
     "halfcheetah": SHACConfig(),
     "hopper": SHACConfig(num_envs=256, critic_lr=2e-4),
     "humanoid": SHACConfig(
