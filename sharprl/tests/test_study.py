@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import typer
 from typer.testing import CliRunner
 
-from sharprl import jobs
+from sharprl import budgets, jobs, study
+from sharprl.errors import SharprlError
 from sharprl.study_cli import register
 
 
@@ -53,6 +55,52 @@ def test_bad_executor_and_duplicate_names(tmp_path):
         jobs.run_jobs([job], executor="dask")
     with pytest.raises(Exception, match="duplicate job names"):
         jobs.run_jobs([job, job], executor="local")
+
+
+def test_a_directory_is_reused_only_by_the_same_work(tmp_path):
+    job = jobs.make_job("a", "test-count", tmp_path / "a", fail_times=0)
+    assert jobs.run_jobs([job], executor="local", log=print)[0].status == "done"
+    assert jobs.run_jobs([job], executor="local", log=print)[0].status == "skipped"
+    other = jobs.make_job("a", "test-count", tmp_path / "a", fail_times=1)
+    with pytest.raises(SharprlError, match=r"a: job 'a' ran there with other settings \(fail_times 0 there, 1 now\)"):
+        jobs.run_jobs([other], executor="local", log=print)
+    with pytest.raises(SharprlError, match="other settings"):
+        jobs.collect([other])
+    job.work_path.unlink()  # a directory from before job.json: taken as it is
+    assert jobs.run_jobs([other], executor="local", log=print)[0].status == "skipped"
+    assert _calls(job) == 1
+
+
+def test_rho_sweep_plans_the_recorded_study_jobs_for_its_rhos(tmp_path):
+    tiny = budgets.BUDGETS["tiny"]
+    budgets.record_budget(tmp_path, "tiny")
+    sweep = budgets.rho_sweep_budget(tmp_path, (0.1, 0.5), "cartpole", env_steps=512, noise=0.25)
+    assert (sweep.rho, sweep.rho_sweep, sweep.sweep) == (0.5, (0.1,), tiny.sweep)  # the study's main rho stays main
+    refs = study.plan_training(tiny, tmp_path)
+    sweep_refs = [r for r in study.plan_training(sweep, tmp_path) if r.algo in study.RHO_ALGOS]
+    assert {r.job for r in sweep_refs} <= {r.job for r in refs} and len(sweep_refs) == 3
+    planned = study.plan_evaluation(tiny, refs, tmp_path)
+    sweep_planned = study.plan_evaluation(sweep, sweep_refs, tmp_path, include=("rho",))
+    assert study._rho_in_sweep(sweep, ("rho",))  # the main runs' points come from their robustness sweeps
+    for stage in ("robustness", "rho"):
+        assert {j for _, j in sweep_planned[stage]} <= {j for _, j in planned[stage]}, stage
+    assert budgets.rho_sweep_budget(tmp_path / "new", (0.1,)).shac_env_steps == 512_000  # no study: quick, 512k
+    (tmp_path / budgets.STUDY_FILE).write_text("{}")
+    with pytest.raises(SharprlError, match="study.json: unreadable study record"):
+        budgets.rho_sweep_budget(tmp_path, (0.1,))
+
+
+def test_rho_sweep_refuses_a_study_run_trained_with_other_settings(tmp_path):
+    budgets.record_budget(tmp_path, "tiny")
+    shac = study.plan_training(budgets.BUDGETS["tiny"], tmp_path)[0].job
+    shac.work_path.parent.mkdir(parents=True)
+    shac.work_path.write_text(json.dumps(shac.work()))
+    app = typer.Typer()
+    register(app)
+    args = ["rho-sweep", "--env", "cartpole", "--rhos", "0.5", "--env-steps", "1024", "--executor", "local"]
+    result = CliRunner().invoke(app, args + ["--out", str(tmp_path)])
+    assert result.exit_code == 2 and "[start]" not in result.output
+    assert "ran there with other settings (env_steps 512 there, 1024 now)" in result.output
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -11,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from sharprl.errors import SharprlError
+from sharprl.errors import SharprlError, user_errors
 from sharprl.study_cli import register as register_study_commands
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Sharpness-aware first-order policy learning.")
@@ -29,20 +28,6 @@ def enable_compilation_cache() -> None:
         return
     jax.config.update("jax_compilation_cache_dir", where)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
-
-
-def user_errors(fn):
-    """Turn SharprlError into one line on stderr and exit code 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except SharprlError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
-
-    return wrapper
 
 
 def _fmt(value: Any) -> str:

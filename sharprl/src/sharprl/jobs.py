@@ -3,9 +3,11 @@
 A :class:`Job` names a registered job *kind* (a function ``fn(**params) -> result dict``) and a
 directory. A job is finished when ``DIR/result.json`` exists: it is written atomically after the
 function returns, so a killed job has no result file and runs again (resuming from its own
-checkpoints where the kind supports it). :func:`run_jobs` skips finished jobs, runs the others
-(at most ``max_parallel`` at once), reports a failure and retries it once, and returns one
-:class:`JobOutcome` per job.
+checkpoints where the kind supports it). ``DIR/job.json``, written when the job starts, holds its
+kind and parameters: a directory is reused (finished, or resumed) only by the same work, and a job
+with other parameters is refused with an error instead of silently taking the other's result.
+:func:`run_jobs` skips finished jobs, runs the others (at most ``max_parallel`` at once), reports a
+failure and retries it once, and returns one :class:`JobOutcome` per job.
 
 Executors: ``"ray"`` (default; a local Ray instance with one CPU per job slot, or the cluster at
 ``ray_address``) and ``"local"`` (in this process, one after another; for debugging and fast tests).
@@ -26,6 +28,7 @@ from sharprl.checkpoint import atomic_write_text
 from sharprl.errors import SharprlError
 
 RESULT_FILE = "result.json"
+WORK_FILE = "job.json"
 EXECUTORS = ("ray", "local")
 JobFn = Callable[..., dict[str, Any]]
 _KINDS: dict[str, JobFn] = {}
@@ -48,6 +51,14 @@ class Job:
     @property
     def result_path(self) -> Path:
         return Path(self.out_dir) / RESULT_FILE
+
+    @property
+    def work_path(self) -> Path:
+        return Path(self.out_dir) / WORK_FILE
+
+    def work(self) -> dict[str, Any]:
+        """Kind and parameters, as stored in job.json (JSON types: tuples become lists)."""
+        return json.loads(json.dumps({"kind": self.kind, **self.kwargs()}))
 
     def is_done(self) -> bool:
         return self.result_path.is_file()
@@ -72,6 +83,30 @@ class JobOutcome:
     errors: tuple[str, ...] = ()  # one line per failed attempt
 
 
+def check_same_work(job: Job) -> None:
+    """Raise SharprlError when ``job``'s directory was started by a job with another kind or parameters.
+
+    Directories without job.json (written before it existed) are taken as they are.
+    """
+    if not job.work_path.is_file():
+        return
+    try:
+        before = json.loads(job.work_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SharprlError(f"{job.work_path}: unreadable job parameters ({exc})") from None
+    now = job.work()
+    if before != now:
+        diffs = "; ".join(
+            f"{key} {str(before.get(key))[:200]} there, {str(now.get(key))[:200]} now"
+            for key in sorted(set(before) | set(now))
+            if before.get(key) != now.get(key)
+        )
+        raise SharprlError(
+            f"{job.out_dir}: job {job.name!r} ran there with other settings ({diffs}); "
+            "use another output directory, or delete that one to redo the job"
+        )
+
+
 def read_result(job: Job) -> dict[str, Any]:
     """The stored result of a finished job."""
     try:
@@ -90,7 +125,9 @@ def execute(job: Job) -> dict[str, Any]:
     from sharprl.cli import enable_compilation_cache  # persistent XLA cache: a resumed job compiles faster
 
     enable_compilation_cache()
+    check_same_work(job)
     Path(job.out_dir).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(job.work_path, json.dumps(job.work(), indent=1, sort_keys=True))
     start_s = time.monotonic()
     result = dict(_KINDS[job.kind](out_dir=job.out_dir, **job.kwargs()))
     result["job_wall_s"] = round(time.monotonic() - start_s, 2)
@@ -119,6 +156,8 @@ def run_jobs(
     names = [job.name for job in jobs]
     if len(set(names)) != len(names):
         raise SharprlError(f"duplicate job names in {names}")
+    for job in jobs:
+        check_same_work(job)  # before anything runs: a conflict stops the whole call
     outcomes: dict[str, JobOutcome] = {}
     todo = []
     for job in jobs:
@@ -214,6 +253,8 @@ def _run_ray(todo: list[Job], slots: int, ray_address: str | None, log: LogFn) -
 
 def collect(jobs: Sequence[Job]) -> list[JobOutcome]:
     """Outcomes without running anything: finished jobs as "skipped", the others as "pending"."""
+    for job in jobs:
+        check_same_work(job)
     return [
         JobOutcome(j, "skipped", 0, read_result(j)) if j.is_done() else JobOutcome(j, "pending", 0, None) for j in jobs
     ]

@@ -6,7 +6,6 @@ SharprlError into one line on stderr and exit code 2.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from sharprl.errors import SharprlError
+from sharprl.errors import SharprlError, user_errors
 
 
 def _floats(text: str, what: str) -> tuple[float, ...]:
@@ -27,22 +26,24 @@ def _floats(text: str, what: str) -> tuple[float, ...]:
     return values
 
 
-def _user_errors(fn):
+def _compilation_cached(fn):
+    """Run ``fn`` with the persistent XLA compilation cache on (see sharprl.cli)."""
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from sharprl.cli import enable_compilation_cache
+        from sharprl.cli import enable_compilation_cache  # sharprl.cli imports this module
 
-        try:
-            enable_compilation_cache()
-            return fn(*args, **kwargs)
-        except SharprlError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
+        enable_compilation_cache()
+        return fn(*args, **kwargs)
 
     return wrapper
 
 
+# the job-running options of rho-sweep and reproduce
 EXECUTOR_HELP = "ray (default: local Ray instance, one job per core, or --ray-address) or local (in-process)"
+Executor = Annotated[str, typer.Option(help=EXECUTOR_HELP)]
+RayAddress = Annotated[str | None, typer.Option(help="address of an existing Ray cluster")]
+MaxParallel = Annotated[int, typer.Option(help="jobs at once (0: number of cores)")]
 
 
 def robustness(
@@ -86,35 +87,28 @@ def robustness(
 
 
 def rho_sweep(
-    out: Annotated[Path, typer.Option("--out", help="study directory (re-run to resume)")],
-    env: Annotated[str, typer.Option(help="task")] = "ant",
+    out: Annotated[Path, typer.Option("--out", help="study directory (a `reproduce` one: its runs are reused)")],
+    env: Annotated[str | None, typer.Option(help="task (default: the study's in --out, else ant)")] = None,
     rhos: Annotated[str, typer.Option(help="SHAC-ASAM rho values (SHAC is added as rho = 0)")] = "0.1,0.2,0.5,1.0",
-    seeds: Annotated[str, typer.Option(help="training seeds")] = "0",
-    env_steps: Annotated[int, typer.Option(help="env steps per training run")] = 512_000,
-    noise: Annotated[float, typer.Option(help="action noise of the 'under noise' return")] = 0.2,
-    episodes: Annotated[int, typer.Option(help="evaluation episodes per seed")] = 8,
-    executor: Annotated[str, typer.Option(help=EXECUTOR_HELP)] = "ray",
-    ray_address: Annotated[str | None, typer.Option(help="address of an existing Ray cluster")] = None,
-    max_parallel: Annotated[int, typer.Option(help="jobs at once (0: number of cores)")] = 0,
+    seeds: Annotated[str | None, typer.Option(help="training seeds (default: the study's, else 0)")] = None,
+    env_steps: Annotated[
+        int | None, typer.Option(help="env steps per training run (default: the study's, else 512000)")
+    ] = None,
+    noise: Annotated[
+        float | None, typer.Option(help="action noise of the 'under noise' return (default: the study's, else 0.2)")
+    ] = None,
+    episodes: Annotated[
+        int | None, typer.Option(help="evaluation episodes per seed (default: the study's, else 8)")
+    ] = None,
+    executor: Executor = "ray",
+    ray_address: RayAddress = None,
+    max_parallel: MaxParallel = 0,
 ) -> None:
     """Train SHAC-ASAM for several rho and plot nominal return against return under action noise."""
-    from sharprl import report, study
-    from sharprl.robustness import SweepSpec
+    from sharprl import budgets, report, study
 
-    rho_values = _floats(rhos, "--rhos")
-    seed_values = tuple(int(s) for s in _floats(seeds, "--seeds"))
-    budget = dataclasses.replace(
-        study.BUDGETS["quick"],
-        name="rho-sweep",
-        envs=(env,),
-        seeds=seed_values,
-        shac_env_steps=env_steps,
-        rho=rho_values[0],
-        rho_sweep=rho_values[1:],
-        rho_sweep_noise=noise,
-        sweep=SweepSpec(episodes=episodes),
-        shac_overrides=(),
-    )
+    seed_values = tuple(int(s) for s in _floats(seeds, "--seeds")) if seeds is not None else None
+    budget = budgets.rho_sweep_budget(out, _floats(rhos, "--rhos"), env, seed_values, env_steps, noise, episodes)
     res = study.run_study(
         budget,
         out,
@@ -123,11 +117,11 @@ def rho_sweep(
         max_parallel or None,
         _log,
         include=("rho",),
-        algos=("shac", "shac-asam"),
+        algos=study.RHO_ALGOS,
     )
     points = report.write_rho_sweep(res)
     for name, (nominal, noisy) in points.items():
-        typer.echo(f"{name:14s} nominal {nominal:10.2f}  under noise {noise:g}: {noisy:10.2f}")
+        typer.echo(f"{name:14s} nominal {nominal:10.2f}  under noise {budget.rho_sweep_noise:g}: {noisy:10.2f}")
     _fail_if(res)
 
 
@@ -172,18 +166,20 @@ def reproduce(
     budget: Annotated[
         str, typer.Option(help="tiny (tests) | quick (Ant, 1 seed, ~40 min) | full (Ant+Humanoid, 3 seeds)")
     ] = "quick",
-    executor: Annotated[str, typer.Option(help=EXECUTOR_HELP)] = "ray",
-    ray_address: Annotated[str | None, typer.Option(help="address of an existing Ray cluster")] = None,
-    max_parallel: Annotated[int, typer.Option(help="jobs at once (0: number of cores)")] = 0,
+    executor: Executor = "ray",
+    ray_address: RayAddress = None,
+    max_parallel: MaxParallel = 0,
     report_only: Annotated[bool, typer.Option("--report-only", help="run nothing; report the finished jobs")] = False,
 ) -> None:
     """Train SHAC, SHAC-ASAM and PPO, run the sweeps and sharpness measures, write DIR/report.md."""
-    from sharprl import report, study
+    from sharprl import budgets, report, study
 
-    if budget not in study.BUDGETS:
-        raise SharprlError(f"unknown budget {budget!r}: expected one of {', '.join(study.BUDGETS)}")
+    if budget not in budgets.BUDGETS:
+        raise SharprlError(f"unknown budget {budget!r}: expected one of {', '.join(budgets.BUDGETS)}")
+    if not report_only:
+        budgets.record_budget(out, budget)
     res = study.run_study(
-        study.BUDGETS[budget], out, executor, ray_address, max_parallel or None, _log, run=not report_only
+        budgets.BUDGETS[budget], out, executor, ray_address, max_parallel or None, _log, run=not report_only
     )
     path = report.write_report(res, f"sharprl reproduce --budget {budget} --out {out}")
     typer.echo((out / "claims.md").read_text())
@@ -208,7 +204,7 @@ def _fail_if(res) -> None:
 
 def register(app: typer.Typer) -> None:
     """Add the study commands to ``app``."""
-    app.command("robustness")(_user_errors(robustness))
-    app.command("rho-sweep")(_user_errors(rho_sweep))
-    app.command("sharpness")(_user_errors(sharpness))
-    app.command("reproduce")(_user_errors(reproduce))
+    app.command("robustness")(user_errors(_compilation_cached(robustness)))
+    app.command("rho-sweep")(user_errors(_compilation_cached(rho_sweep)))
+    app.command("sharpness")(user_errors(_compilation_cached(sharpness)))
+    app.command("reproduce")(user_errors(_compilation_cached(reproduce)))
