@@ -7,7 +7,9 @@
   weights stay int8 (a quarter of fp32's memory traffic; decode is bound by reading the weights). The
   activation is shifted to v = x + 2^(x_bits-1) >= 0 and cut into unsigned 7-bit digits,
   v = sum_i 128^i d_i, which go through one ONNX `MatMulInteger` (uint8 x int8 -> int32) as extra
-  rows; y = sum_i 128^i (W @ d_i) - 2^(x_bits-1) * rowsum(W). Every int32 accumulator is bounded by
+  rows; y = sum_i 128^i (W @ d_i) - 2^(x_bits-1) * rowsum(W), which the same graph computes after
+  the product (the digit rows cast to int64, one int64 MatMul by [1, 128, ...], minus the offsets):
+  one session run per product, no numpy passes over the digit products. Every int32 accumulator is bounded by
   K * 127 * 128 < 2^31, and a pair of adjacent products by 2 * 127 * 128 < 2^15, so not even an
   int16 pair-add SIMD path (x86 vpmaddubsw, which saturates) can round: the result is exact
   whatever kernel onnxruntime picks. This is also what an MCU does: 8-bit SIMD multiply-accumulate
@@ -141,38 +143,32 @@ class ExactLinear:
         bufs = self._buffers.get(n)
         if bufs is None:
             bufs = self._buffers[n] = self._bind(n)
-        digits, acc, run = bufs  # uint8 [digits, n, K], int32 [digits, n, out], the bound session run
-        mask, top = (1 << DIGIT_BITS) - 1, self.n_digits - 1
+        digits, y, run = bufs  # uint8 [digits, n, K], int64 [n, out], the bound session run
         if self._table is not None:  # every digit in one gather (|x| <= x_max: checked or by construction)
             np.take(self._table, xt, axis=1, out=digits, mode="wrap")
         else:
+            mask, top = (1 << DIGIT_BITS) - 1, self.n_digits - 1
             v = np.add(xt, self.x_max, dtype=np.int64)  # [n, K] in [0, 2 x_max]
             for i in range(top):
                 np.bitwise_and(v >> (DIGIT_BITS * i) if i else v, mask, out=digits[i], casting="unsafe")
             np.right_shift(v, DIGIT_BITS * top, out=digits[top], casting="unsafe")  # < 128 as v <= 2 x_max
         run()
-        y = np.multiply(acc[top], 1 << DIGIT_BITS, dtype=np.int64)  # [n, out], Horner from the top digit
-        for i in range(top - 1, 0, -1):
-            y += acc[i]
-            y <<= DIGIT_BITS
-        y += acc[0]
-        y -= self.offset_rows
-        return y
+        return y.copy()  # the bound buffer is rewritten by the next call
 
     def _bind(self, n: int) -> tuple:
         """Input/output buffers for batch size n, bound to the session once."""
         if self._session is None:
-            self._session = _matmul_integer_session(self.wt_int8)
+            self._session = _matmul_integer_session(self.wt_int8, self.offset_rows, self.n_digits)
             self._table = _digit_table(self.x_max, self.n_digits) if self.x_max <= DIGIT_TABLE_MAX else None
         digits = np.empty((self.n_digits, n, self.k), np.uint8)  # [digits, n, K]
-        acc = np.empty((self.n_digits, n, self.out), np.int32)  # [digits, n, out]
+        y = np.empty((n, self.out), np.int64)  # [n, out]
         binding = self._session.io_binding()
         binding.bind_cpu_input("A", digits.reshape(-1, self.k))
-        binding.bind_output("Y", "cpu", 0, np.int32, acc.reshape(-1, self.out).shape, acc.ctypes.data)
+        binding.bind_output("Y", "cpu", 0, np.int64, y.shape, y.ctypes.data)
         sess = getattr(self._session, "_sess", None)  # the C++ session: its run skips ~3 us of Python checks
         if sess is not None and hasattr(binding, "_iobinding"):
-            return digits, acc, functools.partial(sess.run_with_iobinding, binding._iobinding, None)
-        return digits, acc, functools.partial(self._session.run_with_iobinding, binding)
+            return digits, y, functools.partial(sess.run_with_iobinding, binding._iobinding, None)
+        return digits, y, functools.partial(self._session.run_with_iobinding, binding)
 
 
 @functools.lru_cache(maxsize=None)
@@ -186,18 +182,31 @@ def _digit_table(x_max: int, n_digits: int) -> np.ndarray:
     return np.stack([(v >> (DIGIT_BITS * d)) & ((1 << DIGIT_BITS) - 1) for d in range(n_digits)]).astype(np.uint8)
 
 
-def _matmul_integer_session(wt_int8: np.ndarray):
-    """A one-thread onnxruntime session computing A (uint8 [rows, K]) @ B (the int8 constant [K, out])
-    as int32 [rows, out]; onnxruntime packs B once when the session is created."""
+def _matmul_integer_session(wt_int8: np.ndarray, offset_rows: np.ndarray, n_digits: int):
+    """A one-thread onnxruntime session for A (uint8 [digits * n, K]: n activations' 7-bit digits, digit
+    by digit) and B (the int8 constant [K, out]): P = A @ B (int32, exact), then in int64
+    Y = sum_i 128^i P[i] - offset_rows, as [n, out]. onnxruntime packs B once when the session is created."""
     from onnx import TensorProto, helper, numpy_helper
 
     ort = _onnxruntime()
     k, out = wt_int8.shape
+    nodes = [
+        helper.make_node("MatMulInteger", ["A", "B"], ["P"]),  # int32 [digits * n, out]
+        helper.make_node("Cast", ["P"], ["P64"], to=TensorProto.INT64),
+        helper.make_node("Reshape", ["P64", "digit_rows"], ["PD"]),  # [digits, n * out]
+        helper.make_node("MatMul", ["powers", "PD"], ["S"]),  # [1, n * out]: sum_i 128^i P[i]
+        helper.make_node("Reshape", ["S", "row_shape"], ["SR"]),  # [n, out]
+        helper.make_node("Sub", ["SR", "offsets"], ["Y"]),
+    ]
     graph = helper.make_graph(
-        [helper.make_node("MatMulInteger", ["A", "B"], ["Y"])], "exact_linear",
+        nodes, "exact_linear",
         [helper.make_tensor_value_info("A", TensorProto.UINT8, ["rows", k])],
-        [helper.make_tensor_value_info("Y", TensorProto.INT32, ["rows", out])],
-        [numpy_helper.from_array(wt_int8, "B")])
+        [helper.make_tensor_value_info("Y", TensorProto.INT64, ["n", out])],
+        [numpy_helper.from_array(wt_int8, "B"),
+         numpy_helper.from_array(np.array([n_digits, -1], np.int64), "digit_rows"),
+         numpy_helper.from_array((1 << DIGIT_BITS * np.arange(n_digits, dtype=np.int64))[None], "powers"),
+         numpy_helper.from_array(np.array([-1, out], np.int64), "row_shape"),
+         numpy_helper.from_array(offset_rows.reshape(1, out).astype(np.int64), "offsets")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1  # GEMV is bound by memory traffic; the caller owns any parallelism
