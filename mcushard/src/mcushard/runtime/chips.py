@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import select
 import threading
 import time
 import traceback
 from contextlib import contextmanager
 from functools import lru_cache
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
+from multiprocessing.reduction import ForkingPickler
 from typing import Any, Callable, Protocol
 
 import numpy as np
@@ -223,6 +225,8 @@ class ChipCluster:
         cpus = chip_cpus(n_chips, sorted(os.sched_getaffinity(0)) if can_pin else [])
         self._control: list[Connection] = []
         self._procs: list[mp.process.BaseProcess] = []
+        self._poller: Any = None  # select.poll of every control connection and process sentinel (first _gather)
+        self._by_fd: dict[int, tuple[int, bool]] = {}  # polled file descriptor -> (its chip, is a sentinel)
         try:
             with _one_blas_thread():  # the forkserver, started by the first chip, keeps this setting
                 for chip in range(n_chips):
@@ -240,34 +244,41 @@ class ChipCluster:
 
     def request(self, requests: list[Any] | Any) -> list[Any]:
         """Send one request to every chip (a list: one per chip) and return the replies in chip order."""
-        per_chip = requests if isinstance(requests, list) else [requests] * self.n_chips
-        for conn, req in zip(self._control, per_chip):
+        if isinstance(requests, list):
+            payloads = [bytes(ForkingPickler.dumps(req)) for req in requests]
+        else:  # the same request for every chip: pickled once
+            payloads = [bytes(ForkingPickler.dumps(requests))] * self.n_chips
+        for conn, payload in zip(self._control, payloads):
             try:
-                conn.send(req)
+                conn.send_bytes(payload)
             except OSError:
                 pass  # the chip is dead; _gather reports which
         return self._gather(expect="ok")
 
     def _gather(self, expect: str, timeout_s: float | None = None) -> list[Any]:
+        """One reply per chip, waiting on the chips' control connections and process sentinels at
+        once (one `poll` set, registered when the chips start), within `timeout_s` in all."""
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        if self._poller is None:
+            self._poller, self._by_fd = select.poll(), {}
+            for chip, (conn, proc) in enumerate(zip(self._control, self._procs)):
+                for fd, is_sentinel in ((conn.fileno(), False), (proc.sentinel, True)):
+                    self._poller.register(fd, select.POLLIN)
+                    self._by_fd[fd] = (chip, is_sentinel)
         replies: dict[int, Any] = {}
-        by_conn = {id(c): i for i, c in enumerate(self._control)}
-        by_sentinel = {p.sentinel: i for i, p in enumerate(self._procs)}
+        deadline = time.monotonic() + timeout_s
         while len(replies) < self.n_chips:
-            pending = [c for i, c in enumerate(self._control) if i not in replies]
-            sentinels = [p.sentinel for i, p in enumerate(self._procs) if i not in replies]
-            ready = wait(pending + sentinels, timeout=timeout_s)
+            left_s = deadline - time.monotonic()
+            ready = self._poller.poll(1000 * left_s) if left_s > 0 else []
             if not ready:
                 late = sorted(set(range(self.n_chips)) - set(replies))
                 self.close()
                 raise McushardError(f"chip {late[0]} did not answer within {timeout_s:g} s (hung); all chips stopped")
-            for obj in ready:
-                chip = by_sentinel[obj] if isinstance(obj, int) else by_conn[id(obj)]
-                if chip in replies:
-                    continue
+            for fd, _ in ready:
+                chip, is_sentinel = self._by_fd[fd]
                 conn = self._control[chip]
                 try:  # a sentinel may fire while the chip's last message is still in the pipe
-                    kind, payload = conn.recv() if conn.poll() else ("died", None)
+                    kind, payload = conn.recv() if not is_sentinel or conn.poll() else ("died", None)
                 except (EOFError, OSError):
                     kind, payload = "died", None
                 if kind == "died":
@@ -279,7 +290,7 @@ class ChipCluster:
                     last = payload.strip().splitlines()[-1]
                     self.close()
                     raise McushardError(f"chip {chip} failed: {last}")
-                if kind != expect:
+                if kind != expect or chip in replies:
                     self.close()
                     raise McushardError(f"chip {chip}: unexpected reply {kind!r}")
                 replies[chip] = payload
@@ -305,6 +316,7 @@ class ChipCluster:
         for conn in self._control:
             conn.close()
         self._procs, self._control, self._links = [], [], []
+        self._poller, self._by_fd = None, {}
 
     def __enter__(self) -> "ChipCluster":
         return self
