@@ -61,10 +61,17 @@ def clamp(x: np.ndarray, limit: int) -> np.ndarray:
     return np.minimum(np.maximum(x, -limit), limit)
 
 
+def clamp_(x: np.ndarray, limit: int) -> np.ndarray:
+    """`clamp` in place (x must be a fresh array the caller owns); returns x."""
+    np.maximum(x, -limit, out=x)
+    return np.minimum(x, limit, out=x)
+
+
 def requantize(acc: np.ndarray, ratio: np.ndarray | float, bits: int) -> np.ndarray:
     """round(acc * ratio) clipped to signed `bits`; acc: exact integer accumulators."""
-    q = qmax(bits)
-    return clamp(np.rint(acc * ratio), q).astype(np.int64)
+    t = np.multiply(acc, ratio)  # float64, a fresh array: rounded and clipped in place
+    np.rint(t, out=t)
+    return clamp_(t, qmax(bits)).astype(np.int64)
 
 
 def rmsnorm_int(x: np.ndarray, gain: np.ndarray, eps_units: int, bits: int) -> tuple[np.ndarray, float]:
@@ -103,7 +110,7 @@ def rope_rotate(x: np.ndarray, rot: np.ndarray, bits: int) -> np.ndarray:
     out = np.matmul(rot, x.reshape(x.shape[0], -1, 2, 1)).reshape(x.shape)  # [heads, hd]
     out += 1 << (ROPE_FRAC - 1)
     out >>= ROPE_FRAC
-    return clamp(out, qmax(bits))
+    return clamp_(out, qmax(bits))
 
 
 def softmax_int(scores: np.ndarray, log2_ratio: np.ndarray | float, keep: np.ndarray | None = None) -> np.ndarray:
@@ -119,15 +126,21 @@ def softmax_int(scores: np.ndarray, log2_ratio: np.ndarray | float, keep: np.nda
         keep = np.broadcast_to(keep, scores.shape)
         top = np.max(np.where(keep, scores, np.iinfo(np.int64).min), axis=-1, keepdims=True)
         top = np.where(np.any(keep, axis=-1, keepdims=True), top, scores[..., :1])
-    d = np.rint((top - scores) * log2_ratio).astype(np.int64)
+    t = np.multiply(top - scores, log2_ratio)  # float64 [..., T]
+    d = np.rint(t, out=t).astype(np.int64)
     if keep is not None:
         none_kept = ~np.any(keep, axis=-1, keepdims=True)
         d = np.where(keep, d, 62 << EXP_FRAC)
         d = np.where(none_kept, 0, d)
     shift = np.minimum(d >> EXP_FRAC, 62)
-    e = EXP2_TABLE[d & ((1 << EXP_FRAC) - 1)] >> shift  # [..., T], the max is EXP_ONE exactly
+    np.bitwise_and(d, (1 << EXP_FRAC) - 1, out=d)
+    e = EXP2_TABLE.take(d)  # [..., T]
+    e >>= shift  # the max is EXP_ONE exactly
     total = np.add.reduce(e, axis=-1, keepdims=True)
-    return ((e << PROB_FRAC) + total // 2) // total
+    e <<= PROB_FRAC
+    e += total // 2
+    e //= total
+    return e
 
 
 def attention_heads(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, score_ratio: np.ndarray,
@@ -151,11 +164,30 @@ def gated_q16(x: np.ndarray, table: np.ndarray) -> np.ndarray:
     """x * f(x) for a Q16 argument, Q16 result; f from a Q24 table over [-16, 16] (linear interpolation
     between entries 1/16 apart, saturating outside). x: int64 [...] -> int64 [...]."""
     step = 1 << SIG_STEP_SHIFT
-    u = clamp(x, SIG_RANGE << SILU_FRAC) + (SIG_RANGE << SILU_FRAC)
-    idx, frac = u >> SIG_STEP_SHIFT, u & (step - 1)
-    lo = table[idx]
-    f = lo + (((table[idx + 1] - lo) * frac + step // 2) >> SIG_STEP_SHIFT)  # Q24
-    return (x * f + (1 << (SIG_FRAC - 1))) >> SIG_FRAC
+    u = clamp(x, SIG_RANGE << SILU_FRAC)
+    u += SIG_RANGE << SILU_FRAC  # [0, 2 SIG_RANGE] in Q16
+    idx = u >> SIG_STEP_SHIFT
+    np.bitwise_and(u, step - 1, out=u)  # the fraction
+    f = _table_steps(table).take(idx)  # table[idx + 1] - table[idx]
+    f *= u
+    f += step // 2
+    f >>= SIG_STEP_SHIFT
+    f += table.take(idx)  # Q24
+    f *= x
+    f += 1 << (SIG_FRAC - 1)
+    f >>= SIG_FRAC
+    return f
+
+
+_STEPS: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # id(table) -> (table, its steps)
+
+
+def _table_steps(table: np.ndarray) -> np.ndarray:
+    """table[i + 1] - table[i] (int64 [len - 1]) of an interpolation table, made once per table."""
+    hit = _STEPS.get(id(table))
+    if hit is None or hit[0] is not table:
+        hit = _STEPS[id(table)] = (table, np.diff(table))
+    return hit[1]
 
 
 def silu_q16(x: np.ndarray) -> np.ndarray:
@@ -175,13 +207,20 @@ def swiglu_columns(gate_acc: np.ndarray, up_acc: np.ndarray, gate_ratio: np.ndar
     gate_acc, up_acc: int64 [cols] accumulators; gate_ratio: [cols] Q16 units per gate accumulator
     unit; out_ratio: [cols] output units per (Q16 silu x up accumulator) unit. Returns int64 [cols].
     """
-    gate = clamp(np.rint(gate_acc * gate_ratio), GATE_CLIP).astype(np.int64)  # Q16
-    return requantize(silu_q16(gate) * up_acc, out_ratio, bits)
+    g = np.multiply(gate_acc, gate_ratio)
+    np.rint(g, out=g)
+    gate = clamp_(g, GATE_CLIP).astype(np.int64)  # Q16
+    h = silu_q16(gate)
+    h *= up_acc
+    return requantize(h, out_ratio, bits)
 
 
 def residual_add(x: np.ndarray, partial_sum: np.ndarray, ratio: np.ndarray) -> np.ndarray:
     """x + requantised (summed) projection output. x, partial_sum: int64 [dim]; ratio: [dim]."""
-    return clamp(x + np.rint(partial_sum * ratio).astype(np.int64), RES_CLIP)
+    t = np.multiply(partial_sum, ratio)
+    y = np.rint(t, out=t).astype(np.int64)
+    y += x
+    return clamp_(y, RES_CLIP)
 
 
 class LlamaInt8:

@@ -38,6 +38,29 @@ from mcushard.runtime.quant import qmax
 from mcushard.runtime.reference import rope_tables
 
 
+class LayerRun:
+    """One layer of a chip, resolved once for its steps: its products, caches, bit widths and the
+    row ranges of its q/k/v vector (the decode loop reads these instead of recomputing them)."""
+
+    __slots__ = ("ls", "qkv", "wo", "w13", "w2", "k", "v", "norm_bits", "qkv_bits", "att_bits", "ffn_bits",
+                 "dlen", "n_q_rows", "n_qk", "q_shape", "kv_shape", "rot0", "rot1", "split", "hc")
+
+    def __init__(self, cfg, sch, ls, qkv: ExactLinear, wo: ExactLinear, w13: ExactLinear, w2: ExactLinear,
+                 k: np.ndarray, v: np.ndarray) -> None:
+        self.ls, self.qkv, self.wo, self.w13, self.w2, self.k, self.v = ls, qkv, wo, w13, w2, k, v
+        self.norm_bits, self.qkv_bits, self.att_bits, self.ffn_bits = (
+            sch.norm_bits, sch.qkv_bits, sch.att_bits, sch.ffn_bits)
+        n_rep, n_p = cfg.n_heads // cfg.n_kv_heads, len(ls.pieces)
+        d0, d1 = ls.pieces[0][1], ls.pieces[0][2]
+        self.dlen = d1 - d0  # head dims of each piece
+        self.n_q_rows = n_p * n_rep  # q rows of length dlen, before the k rows
+        self.n_qk = (n_p * n_rep + n_p) * self.dlen  # q and k elements of the qkv vector; v follows
+        self.q_shape, self.kv_shape = (n_p, n_rep, self.dlen), (n_p, self.dlen)
+        self.rot0, self.rot1 = d0 // 2, d1 // 2  # RoPE pairs of the pieces
+        self.split = cfg.head_dim != self.dlen  # a head split across chips: partial scores
+        self.hc = ls.ffn_rows[1] - ls.ffn_rows[0]  # FFN columns held
+
+
 class LlamaChip(ChipProgram):
     """Handler of one chip process; `handle(("step", token, pos))` runs one decode step."""
 
@@ -51,6 +74,7 @@ class LlamaChip(ChipProgram):
         self.lin: dict[tuple[int, str], ExactLinear] = {}
         self.k_cache: dict[int, np.ndarray] = {}
         self.v_cache: dict[int, np.ndarray] = {}
+        self.runs: dict[int, LayerRun] = {}
         for layer, ls in shard.layers.items():
             self.lin[layer, "qkv"] = ExactLinear(ls.qkv_w, sch.norm_bits)
             self.lin[layer, "wo"] = ExactLinear(ls.wo_w, sch.att_bits)
@@ -60,6 +84,8 @@ class LlamaChip(ChipProgram):
             shape = (len(ls.pieces), cfg.max_seq_len, dlen)
             self.k_cache[layer] = np.zeros(shape)  # [pieces, seq, dlen] integers in float64 for BLAS
             self.v_cache[layer] = np.zeros(shape)
+            self.runs[layer] = LayerRun(cfg, sch, ls, *(self.lin[layer, k] for k in ("qkv", "wo", "w13", "w2")),
+                                        self.k_cache[layer], self.v_cache[layer])
         cls_w = shard.cls_w if shard.cls_w is not None else shard.emb_w
         self.cls = ExactLinear(cls_w, sch.cls_bits) if shard.cls_ratio is not None else None
         self.handlers = {
@@ -74,7 +100,7 @@ class LlamaChip(ChipProgram):
         for step in shard.steps:
             if isinstance(step, Compute):
                 layer = int(step.block.split(".")[1]) if step.block.startswith("layers.") else -1
-                self.program.append((self.handlers[step.label], layer, None))
+                self.program.append((self.handlers[step.label], self.runs.get(layer), None))
             elif isinstance(step, AllReduce):
                 self.program.append((self._reduce, -1, step))
             elif isinstance(step, Send):
@@ -92,9 +118,9 @@ class LlamaChip(ChipProgram):
         self.token, self.pos = token, pos
         self.x = self.row = self.psum = self.scores = self.logits = self.key = None
         t_start, cpu_start, comm_s = time.perf_counter(), time.process_time(), 0.0
-        for method, layer, step in self.program:
+        for method, run, step in self.program:
             if step is None:
-                self.layer = layer
+                self.r = run
                 method()
             else:
                 t0 = time.perf_counter()
@@ -135,57 +161,49 @@ class LlamaChip(ChipProgram):
         return self.x
 
     def _attention_norm(self) -> None:
-        ls = self.s.layers[self.layer]
-        self.y, self.s_y = rmsnorm_int(self._residual_in(), ls.attention_gain, self.s.eps_units,
-                                       self.s.scheme.norm_bits)
+        r = self.r
+        self.y, self.s_y = rmsnorm_int(self._residual_in(), r.ls.attention_gain, self.s.eps_units, r.norm_bits)
 
     def _qkv(self) -> None:
-        ls, sch, cfg, pos = self.s.layers[self.layer], self.s.scheme, self.s.cfg, self.pos
-        n_rep, n_p = cfg.n_heads // cfg.n_kv_heads, len(ls.pieces)
-        d0, d1 = ls.pieces[0][1], ls.pieces[0][2]
-        qkv = requantize(self.lin[self.layer, "qkv"].trusted(self.y), ls.qkv_ratio * self.s_y, sch.qkv_bits)
-        dlen, nq = d1 - d0, n_p * n_rep * (d1 - d0)
-        rot = self.rot_q[pos, d0 // 2: d1 // 2]  # [dlen/2, 2, 2]
-        qk = rope_rotate(qkv[: nq + n_p * dlen].reshape(-1, dlen), rot, sch.qkv_bits)  # q rows, then k rows
-        self.q = qk[: n_p * n_rep].reshape(n_p, n_rep, dlen)  # [pieces, n_rep, dlen]
-        self.k_cache[self.layer][:, pos] = qk[n_p * n_rep:]  # [pieces, dlen]
-        v = qkv[nq + n_p * dlen:].reshape(n_p, dlen)
-        self.v_cache[self.layer][:, pos] = v
-        if self.s.cfg.head_dim != d1 - d0:  # a split head: partial scores, all-reduced next
-            self.scores = exact_matmul_f64(self.q, np.swapaxes(self.k_cache[self.layer][:, : pos + 1], 1, 2),
+        r, pos = self.r, self.pos
+        qkv = requantize(r.qkv.trusted(self.y), r.ls.qkv_ratio * self.s_y, r.qkv_bits)  # [q_c + 2 kv_c]
+        qk = rope_rotate(qkv[:r.n_qk].reshape(-1, r.dlen), self.rot_q[pos, r.rot0:r.rot1], r.qkv_bits)  # q, k rows
+        self.q = qk[:r.n_q_rows].reshape(r.q_shape)  # [pieces, n_rep, dlen]
+        r.k[:, pos] = qk[r.n_q_rows:]  # [pieces, dlen]
+        r.v[:, pos] = qkv[r.n_qk:].reshape(r.kv_shape)
+        if r.split:  # a split head: partial scores, all-reduced next
+            self.scores = exact_matmul_f64(self.q, np.swapaxes(r.k[:, : pos + 1], 1, 2),
                                            self.cache_max, self.cache_max)
 
     def _attend(self) -> None:
-        ls, sch, t = self.s.layers[self.layer], self.s.scheme, self.pos + 1
-        kc, vc = self.k_cache[self.layer][:, :t], self.v_cache[self.layer][:, :t]
+        r, t = self.r, self.pos + 1
+        ls, kc, vc = r.ls, r.k[:, :t], r.v[:, :t]
         if self.scores is None:  # whole heads: exactly the single-chip function
-            self.att = attention_heads(self.q, kc, vc, ls.score_ratio, ls.att_ratio, sch.att_bits, self.cache_max)
+            self.att = attention_heads(self.q, kc, vc, ls.score_ratio, ls.att_ratio, r.att_bits, self.cache_max)
         else:  # the same softmax and weighted sum on the all-reduced scores, with this chip's V slice
             probs = softmax_int(self.scores, ls.score_ratio * math.log2(math.e) * (1 << EXP_FRAC))
             self.att = requantize(exact_matmul_f64(probs, vc, 1 << PROB_FRAC, self.cache_max), ls.att_ratio,
-                                  sch.att_bits)
+                                  r.att_bits)
             self.scores = None
 
     def _wo(self) -> None:
-        self.psum = self.lin[self.layer, "wo"].trusted(self.att.reshape(-1))  # [dim] int64 partial sums
+        self.psum = self.r.wo.trusted(self.att.reshape(-1))  # [dim] int64 partial sums
 
     def _ffn_norm(self) -> None:
-        ls = self.s.layers[self.layer]
-        self.x = residual_add(self.x, self.psum, ls.wo_ratio)
-        self.y, self.s_y = rmsnorm_int(self.x, ls.ffn_gain, self.s.eps_units, self.s.scheme.norm_bits)
+        r = self.r
+        self.x = residual_add(self.x, self.psum, r.ls.wo_ratio)
+        self.y, self.s_y = rmsnorm_int(self.x, r.ls.ffn_gain, self.s.eps_units, r.norm_bits)
 
     def _ffn_up(self) -> None:
-        ls = self.s.layers[self.layer]
-        gate_up = self.lin[self.layer, "w13"].trusted(self.y)  # [2 h_c]
-        hc = ls.ffn_rows[1] - ls.ffn_rows[0]
-        self.h = swiglu_columns(gate_up[:hc], gate_up[hc:], ls.gate_ratio * self.s_y, ls.up_ratio * self.s_y,
-                                self.s.scheme.ffn_bits)
+        r, s_y = self.r, self.s_y
+        gate_up = r.w13.trusted(self.y)  # [2 h_c]
+        self.h = swiglu_columns(gate_up[:r.hc], gate_up[r.hc:], r.ls.gate_ratio * s_y, r.ls.up_ratio * s_y, r.ffn_bits)
 
     def _ffn_down(self) -> None:
-        self.psum = self.lin[self.layer, "w2"].trusted(self.h)  # [dim] int64 partial sums
+        self.psum = self.r.w2.trusted(self.h)  # [dim] int64 partial sums
 
     def _residual(self) -> None:
-        self.x = residual_add(self.x, self.psum, self.s.layers[self.layer].w2_ratio)
+        self.x = residual_add(self.x, self.psum, self.r.ls.w2_ratio)
 
     def _final_norm(self) -> None:
         self.y, self.s_y = rmsnorm_int(self._residual_in(), self.s.final_gain, self.s.eps_units,
