@@ -41,3 +41,17 @@ def test_route_refuses_a_message_of_another_shape():
     a.send(1, np.zeros(4, np.int32))
     with pytest.raises(RuntimeError, match=r"int32 \(4,\) where int32 \(5,\) was expected"):
         b.route(0, False, np.dtype(np.int32), 5).recv(np.zeros(5, np.int32))
+
+
+def test_all_reduce_refuses_values_beyond_its_wire_format():
+    from mcushard.errors import McushardError
+    from mcushard.partition.plan import AllReduce
+    from mcushard.runtime.chip_program import ChipProgram
+
+    a, _ = _pair()
+    chip = ChipProgram(a, 2, None)
+    step = AllReduce(block="layers.0", label="attn.out", group=(0, 1), elements=3, elem_bytes=4, algorithm="tree")
+    with pytest.raises(McushardError, match="exceeds the 32-bit wire format over 2 chips"):
+        chip.allreduce(step, np.array([0, 2**30, -5], np.int64))  # sums of 2 such int32 values may wrap
+    with pytest.raises(McushardError, match="exceeds the 32-bit wire format over 2 chips"):
+        chip.allreduce(step, np.array([0, -2**30, 5], np.int64))

@@ -56,7 +56,7 @@ class ChipProgram:
         self.links = links
         self.shard = shard  # everything this chip was given (a frozen dataclass of arrays)
         self.group_size = group_size
-        self._bound: dict[tuple, tuple] = {}  # (id(step), n, exclusive) -> `_bind` of that all-reduce
+        self._bound: dict[tuple, tuple] = {}  # (id(step), n, exclusive) -> (step, *`_bind` of it)
 
     def allreduce(self, step: AllReduce, vector: np.ndarray, exclusive: bool = False) -> np.ndarray:
         """All-reduce `vector` (integers [n]) over the step's group with its algorithm; int64 result.
@@ -65,9 +65,9 @@ class ChipProgram:
         sum of any subset fits wherever one vector does."""
         key = (id(step), vector.size, exclusive)
         bound = self._bound.get(key)
-        if bound is None:
-            bound = self._bound[key] = self._bind(step, int(vector.size), exclusive)
-        rounds, limit, combine = bound
+        if bound is None or bound[0] is not step:  # (kept with the step: its id stays unique)
+            bound = self._bound[key] = (step, *self._bind(step, int(vector.size), exclusive))
+        _, rounds, limit, combine = bound
         if vector.size and (int(np.maximum.reduce(vector)) > limit or int(np.minimum.reduce(vector)) < -limit):
             to_wire(vector, step.elem_bytes, 1 if exclusive or step.op == "argmax" else len(step.group))  # raises
         if isinstance(rounds, BoundRounds):
@@ -76,8 +76,7 @@ class ChipProgram:
 
     def _bind(self, step: AllReduce, n: int, exclusive: bool) -> tuple:
         """(this chip's rounds, bound to its links when they fit them, the wire-format limit, the
-        combining function) of `step` for vectors of n elements (`_bound` keeps them: `step` objects
-        live as long as the chip's program)."""
+        combining function) of `step` for vectors of n elements (`_bound` keeps them with the step)."""
         mine = chip_schedule(step.algorithm, step.group, n, self.group_size, self.links.chip)
         dtype = np.dtype(WIRE_DTYPES.get(step.elem_bytes, np.int64))
         members = 1 if exclusive or step.op == "argmax" else len(step.group)
