@@ -118,3 +118,11 @@ def test_exact_matmul_f64():
     big = np.full((1, 2**12), 2**21)
     with pytest.raises(McushardError, match="2\\^53"):
         exact_matmul_f64(big, big.T)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_exact_linear_refuses_a_vector_of_the_wrong_length(backend):
+    lin = ExactLinear(np.ones((4, 3), np.int8), 8, backend)
+    for x in (np.ones(1, np.int64), np.ones(4, np.int64), np.int64(1)):
+        with pytest.raises(McushardError, match="columns"):
+            lin(x)

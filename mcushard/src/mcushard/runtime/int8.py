@@ -143,19 +143,25 @@ def softmax_int(scores: np.ndarray, log2_ratio: np.ndarray | float, keep: np.nda
     return e
 
 
+def softmax_units(score_ratio: np.ndarray | float) -> np.ndarray | float:
+    """Q10 log2 units of the softmax argument per score accumulator unit (`softmax_int`'s log2_ratio)."""
+    return score_ratio * math.log2(math.e) * (1 << EXP_FRAC)
+
+
 def attention_heads(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, score_ratio: np.ndarray,
-                    out_ratio: np.ndarray, bits: int, cache_max: int | None = None) -> np.ndarray:
+                    out_ratio: np.ndarray, bits: int, cache_max: int | None = None,
+                    log2_ratio: np.ndarray | None = None) -> np.ndarray:
     """Integer attention of one query position for a group of heads.
 
     q: int64 [n_kv, n_rep, hd]; k_cache, v_cache: integer-valued [n_kv, T, hd]; q and the caches are all
     at qkv bits, |.| <= cache_max (scanned when None); score_ratio: [n_kv, n_rep, 1] real score (already / sqrt(hd)) per
-    accumulator unit; out_ratio: [n_kv, n_rep, 1] output units per (Q15 prob x v) unit. Returns
-    int64 [n_kv, n_rep, hd] at `bits`.
+    accumulator unit; out_ratio: [n_kv, n_rep, 1] output units per (Q15 prob x v) unit; log2_ratio:
+    `softmax_units(score_ratio)` when the caller keeps it. Returns int64 [n_kv, n_rep, hd] at `bits`.
     """
     # k @ q^T reads each head's cache rows [T, hd] in place (q @ k^T would copy the cache transposed)
     scores = exact_matmul_f64(k_cache, np.swapaxes(q, 1, 2), cache_max, cache_max)  # [n_kv, T, n_rep]
     scores = np.swapaxes(scores, 1, 2)  # [n_kv, n_rep, T]
-    probs = softmax_int(scores, score_ratio * math.log2(math.e) * (1 << EXP_FRAC))  # [n_kv, n_rep, T] Q15
+    probs = softmax_int(scores, softmax_units(score_ratio) if log2_ratio is None else log2_ratio)  # Q15 [.., T]
     out = exact_matmul_f64(probs, v_cache, a_max=1 << PROB_FRAC, b_max=cache_max)  # [n_kv, n_rep, hd]
     return requantize(out, out_ratio, bits)
 

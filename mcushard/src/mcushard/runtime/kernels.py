@@ -82,6 +82,7 @@ class ExactLinear:
             raise McushardError(f"ExactLinear backend {backend!r} is not available for this matrix")
         self.backend = backend
         self._buffers: dict[int, tuple] = {}  # n -> buffers reused across calls of batch size n
+        self._vector = None  # the product of one vector x [K], bound to its buffers (`_bind_vector`)
         if backend == "int8":
             self._init_int8(w_int)
         else:
@@ -109,13 +110,16 @@ class ExactLinear:
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_session"], state["_buffers"] = None, {}  # an onnxruntime session does not pickle
-        state["_table"] = None
+        state["_table"], state["_vector"] = None, None
         return state
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x)
         if x.dtype.kind not in "iu":
             raise McushardError(f"ExactLinear input must be integer, got {x.dtype}")
+        if x.ndim == 0 or x.shape[0] != self.k:
+            rows = x.shape[0] if x.ndim else 0
+            raise McushardError(f"ExactLinear input has {rows} rows, the matrix {self.k} columns")
         if max_abs(x) > self.x_max:
             raise McushardError(f"ExactLinear input exceeds {self.x_max} (declared bits): {max_abs(x)}")
         return self.trusted(x)
@@ -123,15 +127,55 @@ class ExactLinear:
     def trusted(self, x: np.ndarray) -> np.ndarray:
         """`self(x)` without the input checks, for an integer array whose bound |x| <= 2^(x_bits-1) holds
         by construction (a requantiser's or RMSNorm's output at x_bits): the decoders' inner loop."""
+        if x.ndim == 1:  # decode: one vector, through buffers and views bound once
+            vector = self._vector
+            if vector is None:
+                vector = self._vector = self._bind_vector()
+            return vector(x)
         xt = x.reshape(self.k, -1).T  # [n, K]
         y = self._int8(xt) if self.backend == "int8" else self._float(xt)  # [n, out]
         return y[0] if x.ndim == 1 else y.T
 
+    def _bind_vector(self):
+        """x [K] -> W @ x int64 [out], the batch-of-one path with its buffer views made once (a decode
+        step multiplies one vector per matrix; the general path's reshapes cost as much as the work)."""
+        if self.backend == "float":
+            xp = self._float_buffer(1)  # [1, K padded]
+            x_in = xp[0, : self.k]  # [K] view
+            if self.n_chunks == 1:
+                row, wt = xp[0], self.wt[0]  # [K padded], [K padded, out]
+
+                def vector(x: np.ndarray) -> np.ndarray:
+                    x_in[...] = x
+                    return (row @ wt).astype(np.int64)
+                return vector
+            chunks = xp.reshape(self.n_chunks, 1, self.k_chunk)  # [chunks, 1, k_chunk] view
+
+            def vector(x: np.ndarray) -> np.ndarray:
+                x_in[...] = x
+                return np.matmul(chunks, self.wt).sum(axis=0, dtype=np.float64).astype(np.int64)[0]
+            return vector
+        digits, y, run = self._buffers.get(1) or self._buffers.setdefault(1, self._bind(1))
+        if self._table is None:  # wide activations: the general digit split
+            return lambda x: self._int8(x.reshape(1, -1))[0]
+        table, digits_k, y_row = self._table, digits.reshape(self.n_digits, self.k), y[0]  # views
+
+        def vector(x: np.ndarray) -> np.ndarray:
+            np.take(table, x, axis=1, out=digits_k, mode="wrap")
+            run()
+            return y_row.copy()  # the bound buffer is rewritten by the next call
+        return vector
+
+    def _float_buffer(self, n: int) -> np.ndarray:
+        """The zero-padded input buffer [n, K padded] of batch size n (made once)."""
+        xp = self._buffers.get(n)
+        if xp is None:
+            xp = self._buffers[n] = np.zeros((n, self.k_padded), self.dtype)  # [n, K padded]
+        return xp
+
     def _float(self, xt: np.ndarray) -> np.ndarray:
         n = xt.shape[0]
-        xp = self._buffers.get(n)
-        if xp is None:  # one zero-padded input buffer per batch size
-            xp = self._buffers[n] = np.zeros((n, self.k_padded), self.dtype)  # [n, K padded]
+        xp = self._float_buffer(n)
         xp[:, : self.k] = xt
         if self.n_chunks == 1:
             return (xp @ self.wt[0]).astype(np.int64)  # [n, out]

@@ -11,7 +11,6 @@ vocabulary slice of the logits and all-reduces packed (value, index) argmax keys
 
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np
@@ -19,7 +18,6 @@ import numpy as np
 from mcushard.partition.plan import AllReduce, Compute, Send
 from mcushard.runtime.chip_program import ChipProgram, pack_argmax, unpack_argmax
 from mcushard.runtime.int8 import (
-    EXP_FRAC,
     PROB_FRAC,
     ROPE_FRAC,
     attention_heads,
@@ -29,6 +27,7 @@ from mcushard.runtime.int8 import (
     rope_rotate,
     rope_rotation,
     softmax_int,
+    softmax_units,
     swiglu_columns,
 )
 from mcushard.runtime.kernels import ExactLinear, exact_matmul_f64
@@ -43,7 +42,7 @@ class LayerRun:
     row ranges of its q/k/v vector (the decode loop reads these instead of recomputing them)."""
 
     __slots__ = ("ls", "qkv", "wo", "w13", "w2", "k", "v", "norm_bits", "qkv_bits", "att_bits", "ffn_bits",
-                 "dlen", "n_q_rows", "n_qk", "q_shape", "kv_shape", "rot0", "rot1", "split", "hc")
+                 "dlen", "n_q_rows", "n_qk", "q_shape", "kv_shape", "rot0", "rot1", "split", "hc", "log2_ratio")
 
     def __init__(self, cfg, sch, ls, qkv: ExactLinear, wo: ExactLinear, w13: ExactLinear, w2: ExactLinear,
                  k: np.ndarray, v: np.ndarray) -> None:
@@ -59,6 +58,7 @@ class LayerRun:
         self.rot0, self.rot1 = d0 // 2, d1 // 2  # RoPE pairs of the pieces
         self.split = cfg.head_dim != self.dlen  # a head split across chips: partial scores
         self.hc = ls.ffn_rows[1] - ls.ffn_rows[0]  # FFN columns held
+        self.log2_ratio = softmax_units(ls.score_ratio)  # [pieces, n_rep, 1] softmax units per score unit
 
 
 class LlamaChip(ChipProgram):
@@ -179,9 +179,10 @@ class LlamaChip(ChipProgram):
         r, t = self.r, self.pos + 1
         ls, kc, vc = r.ls, r.k[:, :t], r.v[:, :t]
         if self.scores is None:  # whole heads: exactly the single-chip function
-            self.att = attention_heads(self.q, kc, vc, ls.score_ratio, ls.att_ratio, r.att_bits, self.cache_max)
+            self.att = attention_heads(self.q, kc, vc, ls.score_ratio, ls.att_ratio, r.att_bits, self.cache_max,
+                                       r.log2_ratio)
         else:  # the same softmax and weighted sum on the all-reduced scores, with this chip's V slice
-            probs = softmax_int(self.scores, ls.score_ratio * math.log2(math.e) * (1 << EXP_FRAC))
+            probs = softmax_int(self.scores, r.log2_ratio)
             self.att = requantize(exact_matmul_f64(probs, vc, 1 << PROB_FRAC, self.cache_max), ls.att_ratio,
                                   r.att_bits)
             self.scores = None
