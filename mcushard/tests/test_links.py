@@ -55,3 +55,5 @@ def test_all_reduce_refuses_values_beyond_its_wire_format():
         chip.allreduce(step, np.array([0, 2**30, -5], np.int64))  # sums of 2 such int32 values may wrap
     with pytest.raises(McushardError, match="exceeds the 32-bit wire format over 2 chips"):
         chip.allreduce(step, np.array([0, -2**30, 5], np.int64))
+    with pytest.raises(McushardError, match="exceeds"):  # a bound that does not prove the range: scanned
+        chip.allreduce(step, np.array([0, -2**30, 5], np.int64), proven_max=2**40)

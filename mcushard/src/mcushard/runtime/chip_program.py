@@ -58,17 +58,20 @@ class ChipProgram:
         self.group_size = group_size
         self._bound: dict[tuple, tuple] = {}  # (id(step), n, exclusive) -> (step, *`_bind` of it)
 
-    def allreduce(self, step: AllReduce, vector: np.ndarray, exclusive: bool = False) -> np.ndarray:
+    def allreduce(self, step: AllReduce, vector: np.ndarray, exclusive: bool = False,
+                  proven_max: int | None = None) -> np.ndarray:
         """All-reduce `vector` (integers [n]) over the step's group with its algorithm; int64 result.
 
         `exclusive`: every element is non-zero on at most one chip (zero-padded lookups), so the
-        sum of any subset fits wherever one vector does."""
+        sum of any subset fits wherever one vector does. `proven_max`: a proven max |vector| (e.g. an
+        `ExactLinear.y_bound`); when it fits the wire format the vector is not scanned for range."""
         key = (id(step), vector.size, exclusive)
         bound = self._bound.get(key)
         if bound is None or bound[0] is not step:  # (kept with the step: its id stays unique)
             bound = self._bound[key] = (step, *self._bind(step, int(vector.size), exclusive))
         _, rounds, limit, combine = bound
-        if vector.size and (int(np.maximum.reduce(vector)) > limit or int(np.minimum.reduce(vector)) < -limit):
+        if (proven_max is None or proven_max > limit) and vector.size and (
+                int(np.maximum.reduce(vector)) > limit or int(np.minimum.reduce(vector)) < -limit):
             to_wire(vector, step.elem_bytes, 1 if exclusive or step.op == "argmax" else len(step.group))  # raises
         if isinstance(rounds, BoundRounds):
             return rounds.run(vector, combine)

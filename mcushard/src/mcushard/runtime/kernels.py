@@ -74,6 +74,7 @@ class ExactLinear:
         self.out, self.k = w_int.shape  # [out, K]
         self.x_max = 2 ** (x_bits - 1)
         self.w_max = max(max_abs(w_int), 1)
+        self.y_bound = partial_sum_bound(self.k, self.w_max, self.x_max)  # max |W @ x| over inputs |x| <= x_max
         int8_ok = (self.w_max <= 128 and _onnxruntime() is not None
                    and partial_sum_bound(self.k, self.w_max, 1 << DIGIT_BITS) <= INT32_MAX)
         if backend is None:

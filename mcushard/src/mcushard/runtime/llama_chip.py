@@ -36,6 +36,9 @@ from mcushard.runtime.llama_shard import LlamaShard
 from mcushard.runtime.quant import qmax
 from mcushard.runtime.reference import rope_tables
 
+INT8_BOUND = 128  # |an int8 embedding row|
+KEY_BOUND = 2**63 - 1  # packed argmax keys: any int64 (sent as int64, never summed)
+
 
 class LayerRun:
     """One layer of a chip, resolved once for its steps: its products, caches, bit widths and the
@@ -117,6 +120,7 @@ class LlamaChip(ChipProgram):
             raise ValueError(f"unknown request {kind!r}")
         self.token, self.pos = token, pos
         self.x = self.row = self.psum = self.scores = self.logits = self.key = None
+        self.psum_bound = None
         t_start, cpu_start, comm_s = time.perf_counter(), time.process_time(), 0.0
         for method, run, step in self.program:
             if step is None:
@@ -133,13 +137,13 @@ class LlamaChip(ChipProgram):
 
     def _reduce(self, step: AllReduce) -> None:
         if step.label == "lookup":
-            self.row = self.allreduce(step, self.row, exclusive=True)
+            self.row = self.allreduce(step, self.row, exclusive=True, proven_max=INT8_BOUND)
         elif step.label == "attn.scores":
             self.scores = self.allreduce(step, self.scores.reshape(-1)).reshape(self.scores.shape)
         elif step.label == "argmax":
-            self.key = self.allreduce(step, self.key)
-        else:  # attn.out, ffn.out: integer partial sums
-            self.psum = self.allreduce(step, self.psum)
+            self.key = self.allreduce(step, self.key, proven_max=KEY_BOUND)
+        else:  # attn.out, ffn.out: integer partial sums, bounded by the product that made them
+            self.psum = self.allreduce(step, self.psum, proven_max=self.psum_bound)
 
     def _send(self, step: Send) -> None:
         mine = step.src == self.links.chip
@@ -189,6 +193,7 @@ class LlamaChip(ChipProgram):
 
     def _wo(self) -> None:
         self.psum = self.r.wo.trusted(self.att.reshape(-1))  # [dim] int64 partial sums
+        self.psum_bound = self.r.wo.y_bound  # att is at att_bits by construction (requantize)
 
     def _ffn_norm(self) -> None:
         r = self.r
@@ -202,6 +207,7 @@ class LlamaChip(ChipProgram):
 
     def _ffn_down(self) -> None:
         self.psum = self.r.w2.trusted(self.h)  # [dim] int64 partial sums
+        self.psum_bound = self.r.w2.y_bound  # h is at ffn_bits by construction (swiglu_columns)
 
     def _residual(self) -> None:
         self.x = residual_add(self.x, self.psum, self.r.ls.w2_ratio)
