@@ -159,8 +159,8 @@ def attention_heads(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, sco
     `softmax_units(score_ratio)` when the caller keeps it. Returns int64 [n_kv, n_rep, hd] at `bits`.
     """
     # k @ q^T reads each head's cache rows [T, hd] in place (q @ k^T would copy the cache transposed)
-    scores = exact_matmul_f64(k_cache, np.swapaxes(q, 1, 2), cache_max, cache_max)  # [n_kv, T, n_rep]
-    scores = np.swapaxes(scores, 1, 2)  # [n_kv, n_rep, T]
+    scores = exact_matmul_f64(k_cache, q.swapaxes(1, 2), cache_max, cache_max)  # [n_kv, T, n_rep]
+    scores = scores.swapaxes(1, 2)  # [n_kv, n_rep, T]
     probs = softmax_int(scores, softmax_units(score_ratio) if log2_ratio is None else log2_ratio)  # Q15 [.., T]
     out = exact_matmul_f64(probs, v_cache, a_max=1 << PROB_FRAC, b_max=cache_max)  # [n_kv, n_rep, hd]
     return requantize(out, out_ratio, bits)

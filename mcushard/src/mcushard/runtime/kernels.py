@@ -162,7 +162,7 @@ class ExactLinear:
         table, digits_k, y_row = self._table, digits.reshape(self.n_digits, self.k), y[0]  # views
 
         def vector(x: np.ndarray) -> np.ndarray:
-            np.take(table, x, axis=1, out=digits_k, mode="wrap")
+            table.take(x, axis=1, out=digits_k, mode="wrap")
             run()
             return y_row.copy()  # the bound buffer is rewritten by the next call
         return vector
@@ -190,7 +190,7 @@ class ExactLinear:
             bufs = self._buffers[n] = self._bind(n)
         digits, y, run = bufs  # uint8 [digits, n, K], int64 [n, out], the bound session run
         if self._table is not None:  # every digit in one gather (|x| <= x_max: checked or by construction)
-            np.take(self._table, xt, axis=1, out=digits, mode="wrap")
+            self._table.take(xt, axis=1, out=digits, mode="wrap")
         else:
             mask, top = (1 << DIGIT_BITS) - 1, self.n_digits - 1
             v = np.add(xt, self.x_max, dtype=np.int64)  # [n, K] in [0, 2 x_max]

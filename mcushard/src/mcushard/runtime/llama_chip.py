@@ -176,7 +176,7 @@ class LlamaChip(ChipProgram):
         r.k[:, pos] = qk[r.n_q_rows:]  # [pieces, dlen]
         r.v[:, pos] = qkv[r.n_qk:].reshape(r.kv_shape)
         if r.split:  # a split head: partial scores, all-reduced next
-            self.scores = exact_matmul_f64(self.q, np.swapaxes(r.k[:, : pos + 1], 1, 2),
+            self.scores = exact_matmul_f64(self.q, r.k[:, : pos + 1].swapaxes(1, 2),
                                            self.cache_max, self.cache_max)
 
     def _attend(self) -> None:
