@@ -91,10 +91,9 @@ def plot_curves(
         ax.set_ylabel("episode return")
         ax.set_title(title)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the curves, not on them
         buf = io.BytesIO()
-        fig.savefig(buf, format="png")
+        fig.savefig(buf, format="png", bbox_inches="tight")
         plt.close(fig)
         path = out_dir / name
         checkpoint.atomic_write_bytes(path, buf.getvalue())
