@@ -110,6 +110,9 @@ def test_power_iteration_and_sam_sharpness_on_a_quadratic():
     loss = _quadratic_loss(a, jnp.array([1.0, 1.0, 1.0]))
     eig = landscape.top_hessian_eigenvalue(loss, 40)
     assert eig["eigenvalue"] == pytest.approx(5.0, rel=1e-4)
+    saddle = landscape.top_hessian_eigenvalue(_quadratic_loss(jnp.diag(jnp.array([5.0, -8.0, 1.0])), jnp.ones(3)), 60)
+    assert saddle["dominant"] == pytest.approx(-8.0, rel=1e-4)  # the largest magnitude is negative
+    assert saddle["eigenvalue"] == pytest.approx(5.0, rel=1e-3)  # the shifted iteration finds the top one
     rho = 0.1
     res = landscape.sam_sharpness(loss, rho, steps=10)
     # the ascent must do at least as well as dense sampling of the sphere (a convex loss peaks on it),

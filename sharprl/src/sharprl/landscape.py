@@ -143,19 +143,40 @@ def sam_sharpness(
 
 
 def top_hessian_eigenvalue(loss: ActorLoss, iterations: int, seed: int = 0) -> dict[str, Any]:
-    """Power iteration on Hessian-vector products; returns the estimate and its history."""
+    """The largest (algebraic) Hessian eigenvalue by power iteration on Hessian-vector products.
+
+    Power iteration finds the eigenvalue of largest magnitude. When that one is negative (the actor
+    sits on a saddle or a maximum along some direction), a second power iteration on ``H - dominant I``
+    (whose eigenvalues are all >= 0, so its dominant one is ``top - dominant``) gives the
+    largest positive curvature, which is what sharpness means. Returns ``eigenvalue`` (the top one),
+    ``dominant`` (largest magnitude) and the histories.
+    """
     flat, unravel = ravel_pytree(loss.params)
-    v = jax.random.normal(jax.random.PRNGKey(seed), flat.shape, flat.dtype)  # (num_params,)
+    v0 = jax.random.normal(jax.random.PRNGKey(seed), flat.shape, flat.dtype)  # (num_params,)
+
+    def hvp(v):  # (num_params,) -> (num_params,)
+        return ravel_pytree(loss.hvp(loss.params, unravel(v)))[0]
+
+    history = _power_iteration(hvp, v0, iterations)
+    dominant = history[-1]
+    if not (np.isfinite(dominant) and dominant < 0):
+        return {"eigenvalue": dominant, "dominant": dominant, "history": history, "shifted_history": []}
+    shifted = _power_iteration(lambda v: hvp(v) - dominant * v, v0, iterations)
+    return {"eigenvalue": shifted[-1] + dominant, "dominant": dominant, "history": history, "shifted_history": shifted}
+
+
+def _power_iteration(matvec, v: jax.Array, iterations: int) -> list[float]:
+    """Rayleigh quotients ``v . A v`` of power iteration with ``matvec``; ``v: (n,)``, any scale."""
     v = v / jnp.linalg.norm(v)
     history = []
     for _ in range(iterations):
-        hv, _ = ravel_pytree(loss.hvp(loss.params, unravel(v)))  # (num_params,)
-        history.append(float(jnp.vdot(v, hv)))
-        norm = jnp.linalg.norm(hv)
+        av = matvec(v)  # (n,)
+        history.append(float(jnp.vdot(v, av)))
+        norm = jnp.linalg.norm(av)
         if not bool(jnp.isfinite(norm)) or float(norm) == 0.0:
             break
-        v = hv / norm
-    return {"eigenvalue": history[-1], "history": history}
+        v = av / norm
+    return history
 
 
 def filter_normalized_direction(params, key: jax.Array):
@@ -209,6 +230,7 @@ def measure(run_dir: str | Path, spec: SharpnessSpec = SharpnessSpec()) -> dict[
         "sam_first_step_increase": sam["first_step_increase"],
         "asam_sharpness": asam["sharpness"],
         "hessian_top_eigenvalue": eig["eigenvalue"],
+        "hessian_dominant_eigenvalue": eig["dominant"],
         "hessian_power_history": eig["history"],
         **landscapes(loss, spec),
         "spec": dataclasses.asdict(spec),
