@@ -60,6 +60,14 @@ class Channel:
         self._next = (self._next + 1) % self.slots
         return view, base
 
+    def _claim(self, sem: Any, check: Any) -> int:
+        """Take `sem` (`free` to send, `full` to receive; waits with `check`) and this end's next slot index."""
+        if not sem.acquire(False):
+            _wait(sem, check)
+        i = self._next
+        self._next = i + 1 if i + 1 < self.slots else 0
+        return i
+
     def put(self, head: bytes, data: memoryview, check: Any) -> None:
         """Send the bytes `data` of an array whose slot header is `head` (`_header`); blocks while
         the ring is full."""
@@ -131,10 +139,7 @@ class Route:
     def send(self, array: np.ndarray) -> None:
         """Send `array` ([n], any dtype that casts safely to the route's) to the peer; counts its bytes."""
         ch = self.channel
-        if not ch.free.acquire(False):
-            _wait(ch.free, self.links._check)
-        i = ch._next
-        ch._next = i + 1 if i + 1 < ch.slots else 0
+        i = ch._claim(ch.free, self.links._check)
         base = i * ch.stride
         ch._view[base:base + HEADER_BYTES] = self.head
         np.copyto(self.payloads[i], array)
@@ -144,10 +149,7 @@ class Route:
     def recv(self, into: np.ndarray, reduce: bool = False, combine: Any = None) -> None:
         """Apply the next message from the peer to `into` ([n]) as `Links.recv_into` does."""
         ch = self.channel
-        if not ch.full.acquire(False):
-            _wait(ch.full, self.links._check)
-        i = ch._next
-        ch._next = i + 1 if i + 1 < ch.slots else 0
+        i = ch._claim(ch.full, self.links._check)
         base = i * ch.stride
         if ch._view[base:base + HEADER_BYTES] != self.head:
             n, dtype, shape = _describe(bytes(ch._view[base:base + HEADER_BYTES]))
