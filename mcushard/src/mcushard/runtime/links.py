@@ -51,14 +51,17 @@ class Channel:
         state["_view"], state["_next"] = None, 0
         return state
 
+    def view(self) -> memoryview:
+        """This end's byte view of the shared buffer (made on first use)."""
+        if self._view is None:
+            self._view = memoryview(self.buffer).cast("B")
+        return self._view
+
     def _slot(self) -> tuple[memoryview, int]:
         """This end's view of the buffer and the offset of its next slot (then advances)."""
-        view = self._view
-        if view is None:
-            view = self._view = memoryview(self.buffer).cast("B")
         base = self._next * self.stride
         self._next = (self._next + 1) % self.slots
-        return view, base
+        return self.view(), base
 
     def _claim(self, sem: Any, check: Any) -> int:
         """Take `sem` (`free` to send, `full` to receive; waits with `check`) and this end's next slot index."""
@@ -123,7 +126,7 @@ class Route:
     slot header and a typed view of every slot's payload are made once, so a message costs a
     semaphore, a header write or check, and one numpy copy or add (`Links.route` makes them)."""
 
-    __slots__ = ("links", "channel", "peer", "head", "nbytes", "payloads")
+    __slots__ = ("links", "channel", "view", "peer", "head", "nbytes", "payloads")
 
     def __init__(self, links: "Links", channel: Channel, peer: int, dtype: np.dtype, n: int) -> None:
         self.links, self.channel, self.peer = links, channel, peer
@@ -131,8 +134,7 @@ class Route:
         self.nbytes = n * np.dtype(dtype).itemsize
         if self.nbytes > channel.slot_bytes:
             raise ValueError(f"a route carries one slot ({channel.slot_bytes} bytes), not {self.nbytes}")
-        if channel._view is None:
-            channel._view = memoryview(channel.buffer).cast("B")
+        self.view = channel.view()  # the channel's byte view, for the slot headers
         self.payloads = [np.frombuffer(channel.buffer, dtype, n, i * channel.stride + HEADER_BYTES)
                          for i in range(channel.slots)]  # per slot: its payload as [n] dtype
 
@@ -141,7 +143,7 @@ class Route:
         ch = self.channel
         i = ch._claim(ch.free, self.links._check)
         base = i * ch.stride
-        ch._view[base:base + HEADER_BYTES] = self.head
+        self.view[base:base + HEADER_BYTES] = self.head
         np.copyto(self.payloads[i], array)
         ch.full.release()
         self.links.bytes_sent[self.peer] += self.nbytes
@@ -151,23 +153,22 @@ class Route:
         ch = self.channel
         i = ch._claim(ch.full, self.links._check)
         base = i * ch.stride
-        if ch._view[base:base + HEADER_BYTES] != self.head:
-            n, dtype, shape = _describe(bytes(ch._view[base:base + HEADER_BYTES]))
+        if self.view[base:base + HEADER_BYTES] != self.head:
+            n, dtype, shape = _describe(bytes(self.view[base:base + HEADER_BYTES]))
             raise RuntimeError(f"chip {self.links.chip}: a link delivered {dtype} {shape} where "
                                f"{self.payloads[0].dtype} ({len(self.payloads[0])},) was expected")
-        part = self.payloads[i]
-        if not reduce:
-            np.copyto(into, part)
-        elif combine is None:
-            np.add(into, part, out=into)
-        else:
-            into[...] = combine(into, part)
+        _combine(into, self.payloads[i], reduce, combine)  # the header check above stands for the shape check
         ch.free.release()
 
 
 def _apply(into: np.ndarray, part: np.ndarray, reduce: bool, combine: Any) -> None:
     if into.shape != part.shape:
         raise RuntimeError(f"a link delivered shape {part.shape} where {into.shape} was expected")
+    _combine(into, part, reduce, combine)
+
+
+def _combine(into: np.ndarray, part: np.ndarray, reduce: bool, combine: Any) -> None:
+    """Store (`reduce` False), add, or `combine(into, part)` a received `part` into `into` (same shape)."""
     if not reduce:
         into[...] = part
     elif combine is None:
