@@ -200,11 +200,10 @@ class Task:
 
 def noisy_action(action: jax.Array, key: jax.Array, action_noise) -> jax.Array:
     """``action: (..., act)`` plus N(0, (action_noise * range)^2) noise, clipped to the action box."""
-    if isinstance(action_noise, (int, float)) and action_noise == 0:  # a static zero: no RNG work
-        return jnp.clip(action, ACTION_LOW, ACTION_HIGH)
-    std = action_noise * (ACTION_HIGH - ACTION_LOW)
-    noise = jax.random.normal(key, action.shape, action.dtype) * std  # (..., act)
-    return jnp.clip(action + noise, ACTION_LOW, ACTION_HIGH)
+    if not (isinstance(action_noise, (int, float)) and action_noise == 0):  # a static zero: no RNG work
+        std = action_noise * (ACTION_HIGH - ACTION_LOW)
+        action = action + jax.random.normal(key, action.shape, action.dtype) * std  # (..., act)
+    return jnp.clip(action, ACTION_LOW, ACTION_HIGH)
 
 
 def make_task(
