@@ -7,7 +7,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
-from toy_env import toy_task
+from toy_env import tall_task, toy_task
 
 from sharprl import checkpoint, shac
 from sharprl.evaluate import evaluate
@@ -80,6 +80,28 @@ def test_sam_leaves_the_critic_and_normaliser_as_plain_shac_does():
     assert _leaves_equal(s_plain.normalizer, s_sam.normalizer)
     assert _leaves_equal(s_plain.env_state.obs, s_sam.env_state.obs)
     assert not _leaves_equal(s_plain.actor_params, s_sam.actor_params)
+
+
+def test_the_healthy_barrier_reaches_the_actor_loss_but_not_the_logged_reward():
+    task = tall_task()  # torso height = the point mass's third coordinate, healthy range (0.2, 1.0)
+    barrier = dataclasses.replace(TOY, horizon=2, healthy_barrier=5.0, healthy_margin=0.1)
+    plain = dataclasses.replace(barrier, healthy_barrier=0.0)
+    with_b, without = shac.Learner(barrier, task), shac.Learner(plain, task)
+    state = with_b.init(jax.random.PRNGKey(3))
+    heights = jnp.tile(jnp.array([0.97, 0.5, 0.25, 0.6]), TOY.num_envs // 4)  # (n,): near the top, inside, near the floor
+    starts = state.env_state.replace(obs=state.env_state.obs.at[:, 2].set(heights).at[:, 3:].set(0.0))
+    state = state.replace(env_state=starts)
+    resets = jax.vmap(task.reset)(jax.random.split(jax.random.PRNGKey(4), TOY.num_envs))
+    args = (state.actor_params, state, resets, jax.random.PRNGKey(5))
+    (loss_b, (traj_b, _, _)), grad_b = jax.value_and_grad(with_b.rollout_loss, has_aux=True)(*args)
+    (loss_p, (traj_p, _, _)), grad_p = jax.value_and_grad(without.rollout_loss, has_aux=True)(*args)
+    np.testing.assert_array_equal(traj_b["raw_reward"], traj_p["raw_reward"])  # what is logged is Brax's reward
+    penalty = (traj_p["reward"][0] - traj_b["reward"][0]) / (barrier.reward_scale * barrier.healthy_barrier)  # (n,)
+    z = traj_b["obs"][1][:, 2]  # (n,) height after the first step
+    expected = jnp.maximum(z - 0.9, 0.0) ** 2 / 0.01 + jnp.maximum(0.3 - z, 0.0) ** 2 / 0.01
+    np.testing.assert_allclose(penalty, expected, rtol=1e-4, atol=1e-6)
+    assert float(penalty[0]) > 0.3 and float(penalty[1]) == 0.0 and float(penalty[2]) > 0.05
+    assert float(loss_b) > float(loss_p) and not _leaves_equal(grad_b, grad_p)
 
 
 def test_non_finite_gradient_skips_the_update_and_is_reported(tmp_path):

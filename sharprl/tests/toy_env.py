@@ -7,8 +7,10 @@ gradient (``sqrt`` at 0), to exercise the skip of non-finite updates. ``calls`` 
 
 from __future__ import annotations
 
+import flax.struct
 import jax
 import jax.numpy as jnp
+from brax.base import Transform
 from brax.envs.base import State
 
 from sharprl.envs import Perturbation, Task
@@ -40,3 +42,34 @@ class PointMass:
 def toy_task(episode_length: int = 50, poison_step: int = -1) -> Task:
     env = PointMass(poison_step=poison_step)
     return Task("toy", "none", env, env, Perturbation(), episode_length)
+
+
+@flax.struct.dataclass
+class ToyBody:
+    """The part of a Brax pipeline state that ``sharprl.envs.healthy_barrier`` reads: link 0's pose."""
+
+    x: Transform  # pos: (1, 3), link 0 = the torso
+
+
+class TallPointMass(PointMass):
+    """A 3-D point mass whose third coordinate is a torso height with Brax Ant's healthy z range."""
+
+    _healthy_z_range = (0.2, 1.0)
+
+    def __init__(self):
+        super().__init__(dim=3)
+
+    @staticmethod
+    def _with_body(state: State) -> State:
+        return state.replace(pipeline_state=ToyBody(Transform.create(pos=state.obs[None, :3])))
+
+    def reset(self, rng: jax.Array) -> State:
+        return self._with_body(super().reset(rng))
+
+    def step(self, state: State, action: jax.Array) -> State:
+        return self._with_body(super().step(state, action))
+
+
+def tall_task() -> Task:
+    env = TallPointMass()
+    return Task("tall-toy", "none", env, env, Perturbation(), 50)
