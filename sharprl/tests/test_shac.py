@@ -88,7 +88,7 @@ def test_the_healthy_barrier_reaches_the_actor_loss_but_not_the_logged_reward():
     plain = dataclasses.replace(barrier, healthy_barrier=0.0)
     with_b, without = shac.Learner(barrier, task), shac.Learner(plain, task)
     state = with_b.init(jax.random.PRNGKey(3))
-    heights = jnp.tile(jnp.array([0.97, 0.5, 0.25, 0.6]), TOY.num_envs // 4)  # (n,): near the top, inside, near the floor
+    heights = jnp.tile(jnp.array([0.97, 0.5, 0.25, 0.6]), TOY.num_envs // 4)  # (n,): top, inside, floor, inside
     starts = state.env_state.replace(obs=state.env_state.obs.at[:, 2].set(heights).at[:, 3:].set(0.0))
     state = state.replace(env_state=starts)
     resets = jax.vmap(task.reset)(jax.random.split(jax.random.PRNGKey(4), TOY.num_envs))

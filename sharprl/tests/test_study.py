@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -47,6 +48,31 @@ def test_failed_job_is_reported_and_retried_once_then_finished_jobs_are_skipped(
     assert [o.status for o in again] == ["skipped", "skipped", "failed"]
     assert (_calls(ok), _calls(flaky), _calls(broken)) == (1, 2, 4)  # finished jobs never rerun
     assert again[0].result["calls"] == 1
+
+
+def test_a_job_runs_after_its_prerequisites_and_not_when_one_failed(tmp_path):
+    first = jobs.make_job("first", "test-count", tmp_path / "first")
+    broken = jobs.make_job("broken", "test-count", tmp_path / "broken", fail_times=5)
+    after_first = dataclasses.replace(jobs.make_job("x", "test-count", tmp_path / "x"), after=("first",))
+    after_both = dataclasses.replace(jobs.make_job("y", "test-count", tmp_path / "y"), after=("first", "broken"))
+    log: list[str] = []
+    out = jobs.run_jobs([first, broken, after_first, after_both], executor="local", log=log.append)
+    assert [o.status for o in out] == ["done", "failed", "done", "failed"]
+    assert out[3].attempts == 0 and out[3].errors == ("not run: it needs 'broken', which failed",)
+    assert not Path(after_both.out_dir).exists()  # never started
+    again = jobs.run_jobs([first, after_first], executor="local", log=log.append)  # finished prerequisites count
+    assert [o.status for o in again] == ["skipped", "skipped"]
+    with pytest.raises(SharprlError, match="not earlier jobs"):
+        jobs.run_jobs([after_first, first], executor="local")
+
+
+def test_ray_does_not_start_a_job_whose_prerequisite_failed(tmp_path):
+    missing = jobs.make_job("missing run", "robustness", tmp_path / "a", run_dir="nowhere", spec="{}")
+    after = dataclasses.replace(jobs.make_job("after", "robustness", tmp_path / "b", run_dir="x", spec="{}"),
+                                after=("missing run",))  # fmt: skip
+    out = jobs.run_jobs([missing, after], executor="ray", max_parallel=2, log=lambda line: None)
+    assert [(o.status, o.attempts) for o in out] == [("failed", 2), ("failed", 0)]
+    assert not Path(after.out_dir).exists()
 
 
 def test_bad_executor_and_duplicate_names(tmp_path):

@@ -6,8 +6,9 @@ function returns, so a killed job has no result file and runs again (resuming fr
 checkpoints where the kind supports it). ``DIR/job.json``, written when the job starts, holds its
 kind and parameters: a directory is reused (finished, or resumed) only by the same work, and a job
 with other parameters is refused with an error instead of silently taking the other's result.
-:func:`run_jobs` skips finished jobs, runs the others (at most ``max_parallel`` at once), reports a
-failure and retries it once, and returns one :class:`JobOutcome` per job.
+:func:`run_jobs` skips finished jobs, runs the others (at most ``max_parallel`` at once, each as soon
+as the jobs it comes ``after`` have succeeded), reports a failure and retries it once, and returns one
+:class:`JobOutcome` per job; a job whose prerequisite failed is reported failed without running.
 
 Executors: ``"ray"`` (default; a local Ray instance with one CPU per job slot, or the cluster at
 ``ray_address``) and ``"local"`` (in this process, one after another; for debugging and fast tests).
@@ -47,6 +48,7 @@ class Job:
     kind: str  # registered job kind (see register_kind)
     out_dir: str  # directory owned by the job; DIR/result.json marks it finished
     params: tuple[tuple[str, Any], ...] = ()  # keyword arguments of the kind's function (JSON-able)
+    after: tuple[str, ...] = ()  # names of earlier jobs of the same run_jobs call that must succeed first
 
     @property
     def result_path(self) -> Path:
@@ -156,6 +158,10 @@ def run_jobs(
     names = [job.name for job in jobs]
     if len(set(names)) != len(names):
         raise SharprlError(f"duplicate job names in {names}")
+    for i, job in enumerate(jobs):
+        missing = [a for a in job.after if a not in names[:i]]
+        if missing:
+            raise SharprlError(f"job {job.name!r} comes after {missing}, which are not earlier jobs of this call")
     for job in jobs:
         check_same_work(job)  # before anything runs: a conflict stops the whole call
     outcomes: dict[str, JobOutcome] = {}
@@ -169,14 +175,20 @@ def run_jobs(
     if todo:
         slots = max(1, max_parallel or os.cpu_count() or 1)
         run = _run_ray if executor == "ray" else _run_local
-        outcomes.update(run(todo, slots, ray_address, log))
+        outcomes.update(run(todo, slots, ray_address, log, dict(outcomes)))
     return [outcomes[job.name] for job in jobs]
 
 
-def _run_local(todo: list[Job], slots: int, ray_address: str | None, log: LogFn) -> dict[str, JobOutcome]:
+def _run_local(
+    todo: list[Job], slots: int, ray_address: str | None, log: LogFn, out: dict[str, JobOutcome]
+) -> dict[str, JobOutcome]:
+    """Run ``todo`` one after another; ``out`` holds the outcomes so far (the skipped jobs) and grows."""
     del slots, ray_address
-    out = {}
     for job in todo:
+        blocked = _failed_prerequisite(job, out)
+        if blocked:
+            out[job.name] = _not_run(job, blocked, log)
+            continue
         errors: list[str] = []
         for attempt in (1, 2):
             log(f"[start] {job.name} (attempt {attempt})")
@@ -196,7 +208,10 @@ def _run_local(todo: list[Job], slots: int, ray_address: str | None, log: LogFn)
     return out
 
 
-def _run_ray(todo: list[Job], slots: int, ray_address: str | None, log: LogFn) -> dict[str, JobOutcome]:
+def _run_ray(
+    todo: list[Job], slots: int, ray_address: str | None, log: LogFn, out: dict[str, JobOutcome]
+) -> dict[str, JobOutcome]:
+    """Run ``todo`` on Ray, ``slots`` at a time; ``out`` holds the outcomes so far (the skipped jobs) and grows."""
     import ray
 
     started_here = not ray.is_initialized()
@@ -211,7 +226,6 @@ def _run_ray(todo: list[Job], slots: int, ray_address: str | None, log: LogFn) -
         else:
             ray.init(num_cpus=slots, include_dashboard=False, log_to_driver=False, configure_logging=False)
     remote = ray.remote(num_cpus=1, max_retries=0)(execute)
-    out: dict[str, JobOutcome] = {}
     errors: dict[str, list[str]] = {job.name: [] for job in todo}
     attempts: dict[str, int] = {}
     pending: dict[Any, Job] = {}
@@ -219,7 +233,14 @@ def _run_ray(todo: list[Job], slots: int, ray_address: str | None, log: LogFn) -
     try:
         while queue or pending:
             while queue and len(pending) < slots:
-                job = queue.pop(0)
+                job = next((j for j in queue if _failed_prerequisite(j, out) or _ready(j, out)), None)
+                if job is None:  # every queued job waits for a running one
+                    break
+                queue.remove(job)
+                blocked = _failed_prerequisite(job, out)
+                if blocked:
+                    out[job.name] = _not_run(job, blocked, log)
+                    continue
                 if job.is_done():  # finished meanwhile by another invocation
                     out[job.name] = JobOutcome(job, "skipped", 0, read_result(job))
                     continue
@@ -227,6 +248,8 @@ def _run_ray(todo: list[Job], slots: int, ray_address: str | None, log: LogFn) -
                 log(f"[start] {job.name} (attempt {attempts[job.name]}, ray)")
                 pending[remote.remote(job)] = job
             if not pending:
+                if queue:  # cannot happen: prerequisites are earlier jobs, so the earliest queued job is ready
+                    raise SharprlError(f"jobs {[j.name for j in queue]} wait for jobs that never run")
                 continue
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=2.0)  # a timeout lets Ctrl-C through
             if not ready:
@@ -249,6 +272,22 @@ def _run_ray(todo: list[Job], slots: int, ray_address: str | None, log: LogFn) -
         if started_here:
             ray.shutdown()
     return out
+
+
+def _ready(job: Job, out: dict[str, JobOutcome]) -> bool:
+    """True when every job ``job`` comes after has a result (outcomes of this call, or skipped)."""
+    return all(a in out and out[a].result is not None for a in job.after)
+
+
+def _failed_prerequisite(job: Job, out: dict[str, JobOutcome]) -> str | None:
+    """The name of a job ``job`` comes after that failed in this call, or None."""
+    return next((a for a in job.after if a in out and out[a].result is None), None)
+
+
+def _not_run(job: Job, prerequisite: str, log: LogFn) -> JobOutcome:
+    error = f"not run: it needs {prerequisite!r}, which failed"
+    log(f"[fail] {job.name}: {error}")
+    return JobOutcome(job, "failed", 0, None, (error,))
 
 
 def collect(jobs: Sequence[Job]) -> list[JobOutcome]:

@@ -163,7 +163,10 @@ def rho_spec(budget: Budget) -> SweepSpec:
 def plan_evaluation(
     budget: Budget, refs: Sequence[RunRef], out: Path, include: Sequence[str] = ("robustness", "rho", "sharpness")
 ) -> dict[str, list[tuple[RunRef, jobs.Job]]]:
-    """Evaluation jobs of the finished runs: robustness (main), rho trade-off, sharpness (SHAC family).
+    """Evaluation jobs of the runs: robustness (main), rho trade-off, sharpness (SHAC family).
+
+    Each job comes ``after`` its run's training job, so a run is evaluated as soon as it has trained
+    (while the other runs still train), and not at all when its training failed.
 
     A main SHAC / SHAC-ASAM run needs no separate rho job when its robustness sweep already holds the
     trade-off's noise level: the report reads both points from that sweep.
@@ -181,7 +184,7 @@ def plan_evaluation(
         # the run as a path from the job's directory: the job's parameters stay the same when the study moves
         run_dir = os.path.relpath(ref.job.out_dir, job_dir)
         job = jobs.make_job(f"{stage} {rel}", kind, job_dir, run_dir=run_dir, spec=specs[stage])
-        stages[stage].append((ref, job))
+        stages[stage].append((ref, dataclasses.replace(job, after=(ref.job.name,))))
 
     noise_in_sweep = _rho_in_sweep(budget, include)
     for ref in refs:
@@ -236,14 +239,15 @@ def run_study(
         return jobs.run_jobs(job_list, executor, ray_address, max_parallel, log) if run else jobs.collect(job_list)
 
     refs = [r for r in plan_training(budget, out) if r.algo in algos]
-    train_out = execute([r.job for r in refs])
-    done = [(r, o.result) for r, o in zip(refs, train_out) if o.result is not None]
-    stages = plan_evaluation(budget, [r for r, _ in done], out, include)
+    stages = plan_evaluation(budget, refs, out, include)  # each evaluation starts once its run has trained
     eval_jobs = [job for key in include for _, job in stages[key]]
     rho_in_sweep = _rho_in_sweep(budget, include)
     if rho_in_sweep and "robustness" not in include:  # the main runs' sweeps: reused when finished, else run
         eval_jobs += [job for ref, job in stages["robustness"] if ref.algo in RHO_ALGOS]
-    eval_out = {o.job.name: o for o in execute(eval_jobs)}
+    outcomes = execute([r.job for r in refs] + eval_jobs)
+    by_name = {o.job.name: o for o in outcomes}
+    done = [(r, by_name[r.job.name].result) for r in refs if by_name[r.job.name].result is not None]
+    eval_out = {j.name: by_name[j.name] for j in eval_jobs}
     finished = {  # a stage's jobs that ran (or had finished before) with a result
         key: [
             (r, eval_out[j.name].result)
@@ -256,7 +260,6 @@ def run_study(
         finished["rho"] += [(r, x) for r, x in finished["robustness"] if r.algo in RHO_ALGOS]
     if "robustness" not in include:
         finished["robustness"] = []
-    outcomes = list(train_out) + list(eval_out.values())
     return StudyResults(
         budget,
         out,
