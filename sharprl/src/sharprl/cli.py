@@ -180,6 +180,26 @@ def curves(
     typer.echo(summary_table(loaded))
 
 
+@app.command()
+@user_errors
+def gradcheck(
+    env: Annotated[str, typer.Option(help="ant, humanoid, hopper, halfcheetah, cartpole (tiny)")] = "ant",
+    backend: Annotated[str | None, typer.Option(help="Brax backend (default: the task's default)")] = None,
+    envs: Annotated[int, typer.Option(help="parallel envs")] = 64,
+    horizon: Annotated[int, typer.Option(help="steps differentiated through")] = 32,
+    seed: Annotated[int, typer.Option(help="start states, policy and direction")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Reverse-mode gradient of a rollout against finite differences: is this backend usable here?"""
+    from sharprl.envs import make_task
+    from sharprl.gradcheck import GradCheckSpec, check
+
+    enable_compilation_cache()
+    spec = GradCheckSpec(num_envs=envs, horizon=horizon, seed=seed)
+    res = check(make_task(env, backend), spec)
+    typer.echo(json.dumps(res.to_json()) if as_json else res.line())
+
+
 register_study_commands(app)  # robustness, rho-sweep, sharpness, reproduce (sharprl.study_cli)
 
 

@@ -249,7 +249,11 @@ def write_report(res: StudyResults, command: str) -> Path:
             + [f"- {o.job.name}: {'; '.join(o.errors) or o.status}" for o in res.failed]
             + [""]
         )
-    md += [f"Jobs already finished before this invocation (skipped): {res.skipped}.", ""]
+    md += [
+        f"This invocation: {res.wall_s / 60:.1f} min wall-clock; jobs already finished before it (skipped): "
+        f"{res.skipped}.",
+        "",
+    ]
     path = out / "report.md"
     checkpoint.atomic_write_text(path, "\n".join(md))
     checkpoint.atomic_write_text(out / "claims.md", "\n\n".join(claims_table(c, e) for e, c in all_claims) + "\n")

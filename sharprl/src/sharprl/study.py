@@ -14,6 +14,7 @@ import dataclasses
 import json
 import math
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -214,6 +215,7 @@ class StudyResults:
     sharpness: list[tuple[RunRef, dict[str, Any]]]  # per-run sharpness measures
     failed: list[jobs.JobOutcome]  # jobs that failed after their retry (or, with run=False, not finished)
     skipped: int  # jobs already finished before this call
+    wall_s: float = 0.0  # wall-clock of this call (planning, every job it ran, collecting the results)
 
 
 def run_study(
@@ -232,6 +234,7 @@ def run_study(
     ``run=False`` runs nothing: the results are those of the jobs finished so far (a report of a study
     still running elsewhere, or interrupted).
     """
+    start_s = time.monotonic()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -269,6 +272,7 @@ def run_study(
         finished["sharpness"],
         jobs.failures(outcomes),
         sum(o.status == "skipped" for o in outcomes),
+        time.monotonic() - start_s,
     )
 
 
