@@ -74,9 +74,9 @@ BUDGETS: dict[str, Budget] = {
         ),
         episode_length=50,
     ),
-    # this 2-core machine in ~40 min: Ant, one seed, 500 SHAC epochs (1.02M env steps: a quarter of
-    # the 4.1M steps PPO needs for ~4,900, so claim 3 is judged at the sample-efficiency
-    # point) and 2.05M PPO steps (half of that anchor)
+    # this 2-core machine in ~40 min (measured idle with a cold compilation cache: 35.9 min): Ant, one
+    # seed, 500 SHAC epochs (1.02M env steps: a quarter of the 4.1M steps PPO needs for ~4,900, so
+    # claim 3 is judged at the sample-efficiency point) and 2.05M PPO steps (half of that anchor)
     "quick": Budget(
         "quick",
         ("ant",),
