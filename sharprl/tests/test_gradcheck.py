@@ -26,7 +26,7 @@ class HiddenActionPointMass(PointMass):
 
 def test_smooth_task_agrees_with_finite_differences():
     res = check(toy_task(), SPEC)
-    assert res.sound and res.max_rel_error < 0.02
+    assert res.sound and res.smooth_step == SPEC.eps[0] and max(res.rel_errors) < 0.02
     assert res.grad_norm > 0 and res.analytic == pytest.approx(res.grad_norm)  # along the gradient itself
     for _, fd in res.finite_differences:
         assert fd == pytest.approx(res.analytic, rel=0.02)
@@ -36,7 +36,7 @@ def test_a_hidden_gradient_is_not_sound():
     env = HiddenActionPointMass()
     res = check(Task("hidden", "none", env, env, Perturbation(), 50), SPEC)
     assert res.analytic == 0.0 and res.grad_norm == 0.0
-    assert not res.sound and res.max_rel_error == pytest.approx(1.0)
+    assert not res.sound and res.smooth_step == 0.0 and res.rel_errors == pytest.approx((1.0,) * 3)
 
 
 def test_same_seed_same_numbers():
@@ -44,9 +44,26 @@ def test_same_seed_same_numbers():
     assert (a.analytic, a.finite_differences) == (b.analytic, b.finite_differences)
 
 
-def test_spec_rejects_empty_rollouts():
+class RipplingPointMass(PointMass):
+    """The point mass with a fast ripple in the reward: a correct gradient (reverse mode and small steps
+    agree) that a step of 1e-2 no longer predicts, as stiff contact does."""
+
+    def step(self, state, action):
+        nxt = super().step(state, action)
+        return nxt.replace(reward=nxt.reward + 0.05 * jax.numpy.sin(300.0 * jax.numpy.sum(action)))
+
+
+def test_a_stiff_return_is_sound_but_only_smooth_for_small_steps():
+    env = RipplingPointMass()
+    res = check(Task("rippling", "none", env, env, Perturbation(), 50), SPEC)
+    assert res.sound and 0.0 < res.smooth_step < SPEC.eps[0], res.line()
+
+
+def test_spec_rejects_empty_rollouts_and_unordered_steps():
     with pytest.raises(SharprlError, match="horizon"):
         GradCheckSpec(horizon=0)
+    with pytest.raises(SharprlError, match="decreasing"):
+        GradCheckSpec(eps=(1e-3, 1e-2))
 
 
 def test_cli_gradcheck_on_the_cartpole():
