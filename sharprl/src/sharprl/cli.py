@@ -44,7 +44,7 @@ def train(
     env_steps: Annotated[int | None, typer.Option("--env-steps", help="training env steps (default: preset)")] = None,
     out: Annotated[Path, typer.Option(help="run directory: metrics.csv and checkpoint.msgpack")] = Path("runs/run"),
     resume: Annotated[bool, typer.Option("--resume", help="continue OUT from its checkpoint")] = False,
-    backend: Annotated[str | None, typer.Option(help="Brax backend (default: the task's sound-gradient one)")] = None,
+    backend: Annotated[str | None, typer.Option(help="Brax backend (default: best by gradcheck)")] = None,
     episode_length: Annotated[int, typer.Option(help="episode time limit in steps")] = 1000,
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar (one line per evaluation instead)")] = False,
 ) -> None:
