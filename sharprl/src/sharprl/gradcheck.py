@@ -1,12 +1,13 @@
 """Is a task's gradient through the physics usable? Reverse mode against finite differences.
 
 First-order methods (SHAC, APG) are only as good as the gradient of the return through the simulator,
-and Brax's backends differ there (measured on Ant: ``spring`` agrees with finite differences,
-``generalized`` and ``mjx`` explode). :func:`check` measures it for any task and backend the same
-way: a linear tanh policy ``a = tanh(obs @ W + b)`` rolls ``num_envs`` envs ``horizon`` steps from
-fixed start states (no resets), the loss is minus the mean return, and the reverse-mode derivative
-along the unit direction ``u`` of the gradient itself (the direction a first-order method steps in;
-``|grad|`` is the derivative it predicts there) is compared with central differences
+and Brax's backends differ there (on Ant, ``generalized`` and ``mjx`` explode; ``spring`` is off by a
+few times along the gradient: README, "Which backend's gradient to trust"). :func:`check` measures it
+for any task and backend the same way: a linear tanh policy ``a = tanh(obs @ W + b)`` rolls
+``num_envs`` envs ``horizon`` steps from fixed start states (no resets), the loss is minus the mean
+return, and the reverse-mode derivative along the unit direction ``u`` of the gradient itself (the
+direction a first-order method steps in; ``|grad|`` is the derivative it predicts there) is compared
+with central differences
 ``(L(theta + e u) - L(theta - e u)) / 2e`` at several step lengths ``e``. A gradient that is wrong in
 direction or size (exploding contact gradients, a hidden dependence) shows as a disagreement. A zero
 gradient is checked along a random unit direction instead. Two verdicts:
