@@ -6,10 +6,12 @@ Prints, measured in this one run on the same task, backend, horizon and env coun
   APG given SHAC's actor widths; ratio SHAC / APG (target >= 1.0);
 - seconds per update of SHAC-SAM and SHAC-ASAM against SHAC (targets <= 2.0).
 
-Every timed function is compiled and run twice before timing (the second call can recompile). APG's
-throughput is brax's ``training/sps`` of its epochs after the first two (which include compilation).
+Every timed function is compiled and run twice before timing (the second call can recompile). SHAC,
+SHAC-SAM and SHAC-ASAM are timed in interleaved rounds and their medians compared, so a drift in the
+machine's load hits all three alike. APG's throughput is brax's ``training/sps`` of its epochs after
+the first two (which include compilation).
 
-    python sharprl/benchmarks/bench_shac.py [--env ant] [--updates 5]
+    python sharprl/benchmarks/bench_shac.py [--env ant] [--updates 5] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -30,19 +32,26 @@ from sharprl.shac import Learner
 from sharprl.shac_config import preset
 
 
-def time_shac(algo: str, env: str, updates: int, task) -> float:
-    """Seconds per SHAC epoch (one actor update and its critic iterations), after warm-up."""
-    cfg = preset(env, algo, episode_length=task.episode_length)
-    learner = Learner(cfg, task)
-    state = learner.init(jax.random.PRNGKey(0))
-    for _ in range(2):  # compile, and any recompilation on the epoch's own output
-        state, _ = learner.epoch_fn(state)
-    jax.block_until_ready(state)
-    start = time.perf_counter()
-    for _ in range(updates):
-        state, _ = learner.epoch_fn(state)
-    jax.block_until_ready(state)
-    return (time.perf_counter() - start) / updates
+def shac_epochs(algos: tuple[str, ...], env: str, updates: int, rounds: int, task) -> dict[str, float]:
+    """Median seconds per epoch (one actor update and its critic iterations) of each algorithm, over
+    ``rounds`` interleaved rounds of ``updates`` epochs each (the machine's load drifts between rounds)."""
+    runs = {}
+    for algo in algos:
+        learner = Learner(preset(env, algo, episode_length=task.episode_length), task)
+        state = learner.init(jax.random.PRNGKey(0))
+        for _ in range(2):  # compile, and any recompilation on the epoch's own output
+            state, _ = learner.epoch_fn(state)
+        runs[algo] = [learner, jax.block_until_ready(state)]
+    times: dict[str, list[float]] = {algo: [] for algo in algos}
+    for _ in range(rounds):
+        for algo, run in runs.items():
+            learner, state = run
+            start = time.perf_counter()
+            for _ in range(updates):
+                state, _ = learner.epoch_fn(state)
+            run[1] = jax.block_until_ready(state)
+            times[algo].append((time.perf_counter() - start) / updates)
+    return {algo: statistics.median(t) for algo, t in times.items()}
 
 
 def apg_steps_per_s(env: str, updates: int, task) -> float:
@@ -72,7 +81,8 @@ def apg_steps_per_s(env: str, updates: int, task) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--env", default="ant", help="sharprl task (default: ant on its default backend)")
-    parser.add_argument("--updates", type=int, default=5, help="timed updates per algorithm")
+    parser.add_argument("--updates", type=int, default=5, help="timed updates per algorithm and round")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of SHAC, SAM and ASAM (median)")
     args = parser.parse_args()
     enable_compilation_cache()  # compiled graphs persist across runs (SHARPRL_JAX_CACHE=off to disable)
     cfg = preset(args.env, "shac")
@@ -80,15 +90,18 @@ def main() -> None:
     steps = cfg.num_envs * cfg.horizon
     print(f"task {args.env} ({task.backend}), {cfg.num_envs} envs x horizon {cfg.horizon}, "
           f"episode length {task.episode_length}, {args.updates} timed updates")
-    t_shac = time_shac("shac", args.env, args.updates, task)
+    epoch_s = shac_epochs(("shac", "shac-sam", "shac-asam"), args.env, args.updates, args.rounds, task)
+    t_shac = epoch_s["shac"]
     apg_sps = apg_steps_per_s(args.env, args.updates, task)
     shac_sps = steps / t_shac
-    print(f"SHAC epoch   {t_shac:8.3f} s  {shac_sps:9.0f} env-steps/s (incl. backward pass + critic)")
+    print(f"SHAC epoch   {t_shac:8.3f} s  {shac_sps:9.0f} env-steps/s (incl. backward pass + critic; median "
+          f"of {args.rounds} rounds)")
     print(f"Brax APG              {apg_sps:9.0f} env-steps/s (incl. backward pass)")
     print(f"ratio SHAC / APG env-steps/s: {shac_sps / apg_sps:.2f}x (target >= 1.0)")
     for algo in ("shac-sam", "shac-asam"):
-        t = time_shac(algo, args.env, args.updates, task)
-        print(f"{algo:<12} {t:8.3f} s/update; ratio to SHAC {t / t_shac:.2f}x (target <= 2.0)")
+        t = epoch_s[algo]
+        print(f"{algo:<12} {t:8.3f} s/update; ratio to SHAC {t / t_shac:.2f}x (target <= 2.0; median of "
+              f"{args.rounds} rounds interleaved with SHAC's)")
 
 
 if __name__ == "__main__":
