@@ -6,12 +6,14 @@ Prints, measured in this one run on the same task, backend, horizon and env coun
   APG given SHAC's actor widths; ratio SHAC / APG (target >= 1.0);
 - seconds per update of SHAC-SAM and SHAC-ASAM against SHAC (targets <= 2.0).
 
-Every timed function is compiled and run twice before timing (the second call can recompile). SHAC,
-SHAC-SAM and SHAC-ASAM are timed in interleaved rounds and their medians compared, so a drift in the
-machine's load hits all three alike. APG's throughput is brax's ``training/sps`` of its epochs after
-the first two (which include compilation).
+Every timed function is compiled and run twice before timing (the second call can recompile). The
+machine's speed drifts (on this VM whole minutes run ~30% slower), so nothing is compared across
+time: brax's APG ``train()`` runs its epochs and, from its progress callback between two epochs,
+one round of SHAC, SHAC-SAM and SHAC-ASAM updates is timed; rounds and APG epochs alternate, and
+medians over rounds are compared. APG's throughput is brax's own ``training/sps`` of each epoch
+after the first two (which include compilation).
 
-    python sharprl/benchmarks/bench_shac.py [--env ant] [--updates 5] [--rounds 3]
+    python sharprl/benchmarks/bench_shac.py [--env ant] [--updates 5] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -32,57 +34,62 @@ from sharprl.shac import Learner
 from sharprl.shac_config import preset
 
 
-def shac_epochs(algos: tuple[str, ...], env: str, updates: int, rounds: int, task) -> dict[str, float]:
-    """Median seconds per epoch (one actor update and its critic iterations) of each algorithm, over
-    ``rounds`` interleaved rounds of ``updates`` epochs each (the machine's load drifts between rounds)."""
-    runs = {}
-    for algo in algos:
-        learner = Learner(preset(env, algo, episode_length=task.episode_length), task)
-        state = learner.init(jax.random.PRNGKey(0))
-        for _ in range(2):  # compile, and any recompilation on the epoch's own output
-            state, _ = learner.epoch_fn(state)
-        runs[algo] = [learner, jax.block_until_ready(state)]
-    times: dict[str, list[float]] = {algo: [] for algo in algos}
-    for _ in range(rounds):
-        for algo, run in runs.items():
+class ShacRounds:
+    """SHAC, SHAC-SAM and SHAC-ASAM learners, compiled; ``round()`` times ``updates`` epochs of each."""
+
+    def __init__(self, algos: tuple[str, ...], env: str, updates: int, task) -> None:
+        self.updates, self.runs = updates, {}
+        self.times: dict[str, list[float]] = {algo: [] for algo in algos}  # seconds per epoch, per round
+        for algo in algos:
+            learner = Learner(preset(env, algo, episode_length=task.episode_length), task)
+            state = learner.init(jax.random.PRNGKey(0))
+            for _ in range(2):  # compile, and any recompilation on the epoch's own output
+                state, _ = learner.epoch_fn(state)
+            self.runs[algo] = [learner, jax.block_until_ready(state)]
+
+    def round(self) -> None:
+        for algo, run in self.runs.items():
             learner, state = run
             start = time.perf_counter()
-            for _ in range(updates):
+            for _ in range(self.updates):
                 state, _ = learner.epoch_fn(state)
             run[1] = jax.block_until_ready(state)
-            times[algo].append((time.perf_counter() - start) / updates)
-    return {algo: statistics.median(t) for algo, t in times.items()}
+            self.times[algo].append((time.perf_counter() - start) / self.updates)
 
 
-def apg_steps_per_s(env: str, updates: int, task) -> float:
-    """brax.training APG env-steps/s (training only) with SHAC's env count, horizon and actor widths."""
+def interleaved(env: str, updates: int, rounds: int, task, shac: ShacRounds) -> list[float]:
+    """brax.training APG with SHAC's env count, horizon and actor widths: its env-steps/s (training
+    only) in each of ``rounds`` timed epochs, with a round of ``shac`` run between every two epochs."""
     cfg = preset(env, "shac")
     sps: list[float] = []
+    warmup = 2  # brax's APG epoch compiles twice
 
     def network_factory(obs_size, action_size, preprocess_observations_fn):
         return apg_networks.make_apg_networks(
             obs_size, action_size, preprocess_observations_fn=preprocess_observations_fn,
             hidden_layer_sizes=cfg.actor_hidden, activation=activation_fn(cfg.activation))
 
-    def progress_fn(it: int, metrics: dict) -> None:
-        if it > 0:
+    def progress_fn(it: int, metrics: dict) -> None:  # after APG epoch `it` (it = 0: before training)
+        if it > warmup:
             sps.append(float(metrics["training/sps"]))
+        if warmup <= it < warmup + rounds:
+            shac.round()
 
-    epochs = 4  # the first two compile (brax's APG epoch compiles twice); the last two are timed
+    epochs = warmup + rounds
     apg_train.train(
         task.env, episode_length=task.episode_length, policy_updates=epochs * updates,
         horizon_length=cfg.horizon, num_envs=cfg.num_envs, num_evals=epochs + 1, num_eval_envs=1,
         learning_rate=cfg.actor_lr, max_gradient_norm=cfg.grad_norm_clip, normalize_observations=True,
         network_factory=network_factory, progress_fn=progress_fn,
         eval_env=NullEnv(task.observation_size, task.action_size))  # brax's own evaluation: no physics
-    return statistics.median(sps[2:])
+    return sps
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--env", default="ant", help="sharprl task (default: ant on its default backend)")
     parser.add_argument("--updates", type=int, default=5, help="timed updates per algorithm and round")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of SHAC, SAM and ASAM (median)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of APG, SHAC, SAM and ASAM (median)")
     args = parser.parse_args()
     enable_compilation_cache()  # compiled graphs persist across runs (SHARPRL_JAX_CACHE=off to disable)
     cfg = preset(args.env, "shac")
@@ -90,16 +97,20 @@ def main() -> None:
     steps = cfg.num_envs * cfg.horizon
     print(f"task {args.env} ({task.backend}), {cfg.num_envs} envs x horizon {cfg.horizon}, "
           f"episode length {task.episode_length}, {args.updates} timed updates")
-    epoch_s = shac_epochs(("shac", "shac-sam", "shac-asam"), args.env, args.updates, args.rounds, task)
-    t_shac = epoch_s["shac"]
-    apg_sps = apg_steps_per_s(args.env, args.updates, task)
-    shac_sps = steps / t_shac
-    print(f"SHAC epoch   {t_shac:8.3f} s  {shac_sps:9.0f} env-steps/s (incl. backward pass + critic; median "
+    shac = ShacRounds(("shac", "shac-sam", "shac-asam"), args.env, args.updates, task)
+    apg_sps = interleaved(args.env, args.updates, args.rounds, task, shac)
+    shac_sps = [steps / t for t in shac.times["shac"]]
+    print("per round, SHAC / APG env-steps/s: " + ", ".join(
+        f"{s:.0f}/{a:.0f}" for s, a in zip(shac_sps, apg_sps, strict=True)))
+    t_shac = statistics.median(shac.times["shac"])
+    print(f"SHAC epoch   {t_shac:8.3f} s  {steps / t_shac:9.0f} env-steps/s (incl. backward pass + critic; median "
           f"of {args.rounds} rounds)")
-    print(f"Brax APG              {apg_sps:9.0f} env-steps/s (incl. backward pass)")
-    print(f"ratio SHAC / APG env-steps/s: {shac_sps / apg_sps:.2f}x (target >= 1.0)")
+    print(f"Brax APG              {statistics.median(apg_sps):9.0f} env-steps/s (incl. backward pass; median of "
+          f"{args.rounds} epochs, each after one SHAC round)")
+    ratio = statistics.median(shac_sps) / statistics.median(apg_sps)
+    print(f"ratio SHAC / APG env-steps/s: {ratio:.2f}x (target >= 1.0)")
     for algo in ("shac-sam", "shac-asam"):
-        t = epoch_s[algo]
+        t = statistics.median(shac.times[algo])
         print(f"{algo:<12} {t:8.3f} s/update; ratio to SHAC {t / t_shac:.2f}x (target <= 2.0; median of "
               f"{args.rounds} rounds interleaved with SHAC's)")
 

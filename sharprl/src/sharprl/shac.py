@@ -136,7 +136,7 @@ class Learner:
             return obs if norm is None else networks.normalize(obs, norm)
 
         def step(carry, inputs):
-            env_state, ep_step, disc, rew_acc, loss = carry  # (n,) each except env_state
+            env_state, ep_step, disc, rew_acc = carry  # (n,) each except env_state
             rng_t, last = inputs
             rng_pol, rng_noise = jax.random.split(rng_t)
             obs = env_state.obs  # (n, obs)
@@ -152,30 +152,37 @@ class Learner:
             ep_step = ep_step + 1
             terminated = (nxt.done > 0.5) | ~finite
             done = terminated | (ep_step >= cfg.episode_length)
-            next_obs = jnp.where(finite[:, None], nxt.obs, 0.0)  # (n, obs) before any reset
-            value = self.critic.apply(state.target_critic_params, obs_norm(next_obs))  # (n,)
-            value = jnp.where(terminated, 0.0, value)
             rew_acc = rew_acc + disc * shaped * cfg.reward_scale
-            cut = done | last  # windows end here: add the bootstrapped return to the loss
-            loss = loss - jnp.sum(jnp.where(cut, rew_acc + cfg.gamma * disc * value, 0.0))
-            disc = jnp.where(done, 1.0, disc * cfg.gamma)
-            rew_acc = jnp.where(done, 0.0, rew_acc)
+            cut = done | last  # windows end here: the window's return, plus the bootstrapped value
             new_env = jax.tree.map(
                 lambda r, x: jnp.where(done.reshape((n,) + (1,) * (x.ndim - 1)), r, x), reset_states, nxt
             )
             out = {
                 "obs": jax.lax.stop_gradient(obs),  # (n, obs) raw, for the normaliser and critic
+                "next_obs": jnp.where(finite[:, None], nxt.obs, 0.0),  # (n, obs) before any reset, differentiable
+                "window_return": jnp.where(cut, rew_acc, 0.0),  # (n,) differentiable
+                "boot_discount": jnp.where(cut & ~terminated, cfg.gamma * disc, 0.0),  # (n,) weight of V(next_obs)
+                "terminated": terminated,  # (n,)
                 "reward": jax.lax.stop_gradient(shaped * cfg.reward_scale),  # (n,) what the losses optimise
                 "raw_reward": jax.lax.stop_gradient(reward),  # (n,)
                 "done": cut.astype(jnp.float32),  # (n,) 1 where the critic target must bootstrap
                 "ep_done": done,  # (n,) episode finished (terminated or truncated)
-                "next_value": jax.lax.stop_gradient(value),  # (n,)
             }
-            return (new_env, jnp.where(done, 0, ep_step), disc, rew_acc, loss), out
+            disc = jnp.where(done, 1.0, disc * cfg.gamma)
+            rew_acc = jnp.where(done, 0.0, rew_acc)
+            return (new_env, jnp.where(done, 0, ep_step), disc, rew_acc), out
 
+        if cfg.remat:  # recompute each step's forward pass in the backward pass instead of storing it
+            step = jax.checkpoint(step, prevent_cse=False)
         lasts = jnp.arange(cfg.horizon) == cfg.horizon - 1
-        init = (start, state.episode_step, jnp.ones(n), jnp.zeros(n), jnp.zeros(()))
-        (env_state, ep_step, _, _, loss), traj = jax.lax.scan(step, init, (jax.random.split(rng, cfg.horizon), lasts))
+        init = (start, state.episode_step, jnp.ones(n), jnp.zeros(n))
+        (env_state, ep_step, _, _), traj = jax.lax.scan(step, init, (jax.random.split(rng, cfg.horizon), lasts))
+        # the target critic's value of every next state in one batched call, not one per step
+        next_obs = traj.pop("next_obs")  # (horizon, n, obs)
+        value = self.critic.apply(state.target_critic_params, obs_norm(next_obs))  # (horizon, n)
+        value = jnp.where(traj.pop("terminated"), 0.0, value)
+        loss = -(jnp.sum(traj.pop("window_return")) + jnp.sum(traj.pop("boot_discount") * value))
+        traj["next_value"] = jax.lax.stop_gradient(value)  # (horizon, n)
         loss = loss / (cfg.horizon * n)
         return loss, (traj, jax.lax.stop_gradient(env_state), ep_step)
 

@@ -40,6 +40,7 @@ class SHACConfig:
     reward_scale: float = 1.0  # multiplies rewards inside the losses (logged returns are raw)
     healthy_barrier: float = 0.0  # training-only penalty weight as the body nears its healthy range's ends
     healthy_margin: float = 0.1  # width of that barrier, in the range's units (m for heights, rad for angles)
+    remat: bool = True  # recompute each rollout step in the backward pass (less memory traffic; same gradient)
     normalize_observations: bool = True  # running mean/std observation normalisation
     episode_length: int = 1000  # time limit; truncated episodes bootstrap from the target critic
     sharpness: str | None = None  # None (SHAC), "sam" or "asam" on the actor update
