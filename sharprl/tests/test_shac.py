@@ -104,6 +104,32 @@ def test_the_healthy_barrier_reaches_the_actor_loss_but_not_the_logged_reward():
     assert float(loss_b) > float(loss_p) and not _leaves_equal(grad_b, grad_p)
 
 
+def test_actor_loss_is_the_windows_discounted_returns_plus_bootstrapped_values():
+    # episodes of 6 steps inside windows of 8: truncations cut windows early, and those bootstrap too
+    cfg = dataclasses.replace(TOY, episode_length=6, remat=False)
+    task = toy_task(episode_length=6)
+    learner = shac.Learner(cfg, task)
+    state = learner.init(jax.random.PRNGKey(6))
+    resets = jax.vmap(task.reset)(jax.random.split(jax.random.PRNGKey(7), cfg.num_envs))
+    args = (state.actor_params, state, resets, jax.random.PRNGKey(8))
+    (loss, (traj, _, _)), grad = jax.value_and_grad(learner.rollout_loss, has_aux=True)(*args)
+    reward, cut, ep_done, value = (np.asarray(traj[k], np.float64) for k in ("reward", "done", "ep_done", "next_value"))
+    assert cut[:-1].any() and cut[-1].all()  # windows cut inside the horizon, and all at its end
+    total, acc, disc = 0.0, np.zeros(cfg.num_envs), np.ones(cfg.num_envs)
+    for t in range(cfg.horizon):  # the SHAC window loss, one step at a time
+        acc = acc + disc * reward[t]
+        total += np.sum(cut[t] * (acc + cfg.gamma * disc * value[t]))  # value is 0 after a termination
+        disc = np.where(ep_done[t] > 0, 1.0, disc * cfg.gamma)
+        acc = np.where(ep_done[t] > 0, 0.0, acc)
+    np.testing.assert_allclose(float(loss), -total / (cfg.horizon * cfg.num_envs), rtol=1e-5)
+    # rematerialising the steps in the backward pass changes the schedule, not the gradient
+    remat = shac.Learner(dataclasses.replace(cfg, remat=True), task)
+    loss_r, grad_r = jax.value_and_grad(lambda p: remat.rollout_loss(p, *args[1:])[0])(args[0])
+    np.testing.assert_allclose(float(loss_r), float(loss), rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(grad_r), jax.tree.leaves(grad), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_non_finite_gradient_skips_the_update_and_is_reported(tmp_path):
     cfg = dataclasses.replace(TOY, horizon=4, epochs=4, checkpoint_every_epochs=2)
     task = toy_task(episode_length=1000, poison_step=6)  # the 6th step falls in epoch 2
