@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from sharprl import checkpoint, shac
 from sharprl.cli import app
-from sharprl.envs import Perturbation, healthy_barrier, make_task, perturb_system
+from sharprl.envs import DEFAULT_BACKEND, Perturbation, healthy_barrier, make_task, perturb_system
 from sharprl.evaluate import evaluate
 from sharprl.shac_config import preset
 
@@ -88,6 +88,18 @@ def test_zero_perturbation_equals_nominal_and_real_ones_change_returns(cli_run):
     assert ret(Perturbation(action_noise=0.0, friction_scale=1.0, mass_scale=1.0, gravity_scale=1.0)) == nominal
     assert ret(Perturbation(action_noise=0.3)) != nominal
     assert ret(Perturbation(mass_scale=3.0)) != nominal
+
+
+@pytest.mark.parametrize("name", ["ant", "humanoid", "hopper", "halfcheetah"])
+def test_each_contact_task_builds_on_its_default_and_a_chosen_backend(name):
+    # Brax's own action sizes for these tasks (brax 0.14.2), on the measured default backend and on another
+    actions = {"ant": 8, "humanoid": 17, "hopper": 3, "halfcheetah": 6}
+    task = make_task(name, perturbation=Perturbation(friction_scale=0.5))
+    assert task.backend == DEFAULT_BACKEND[name] and task.env.backend == task.backend
+    assert task.action_size == actions[name]
+    np.testing.assert_allclose(task.env.sys.geom_friction, 0.5 * task.nominal_env.sys.geom_friction)
+    other = "positional" if task.backend != "positional" else "spring"
+    assert make_task(name, backend=other).env.backend == other
 
 
 def test_perturb_system_scales_friction_mass_and_gravity():
