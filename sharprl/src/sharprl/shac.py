@@ -161,7 +161,7 @@ class Learner:
                 "obs": jax.lax.stop_gradient(obs),  # (n, obs) raw, for the normaliser and critic
                 "next_obs": jnp.where(finite[:, None], nxt.obs, 0.0),  # (n, obs) before any reset, differentiable
                 "window_return": jnp.where(cut, rew_acc, 0.0),  # (n,) differentiable
-                "boot_discount": jnp.where(cut & ~terminated, cfg.gamma * disc, 0.0),  # (n,) weight of V(next_obs)
+                "boot_discount": jnp.where(cut, cfg.gamma * disc, 0.0),  # (n,) weight of V(next_obs), 0 if terminated
                 "terminated": terminated,  # (n,)
                 "reward": jax.lax.stop_gradient(shaped * cfg.reward_scale),  # (n,) what the losses optimise
                 "raw_reward": jax.lax.stop_gradient(reward),  # (n,)
