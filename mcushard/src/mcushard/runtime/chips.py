@@ -1,6 +1,6 @@
 """A cluster of chip processes: one operating-system process per chip, shared-memory chip-to-chip links.
 
-The parent (the "host") starts N processes from a clean `forkserver` (numpy preloaded), so each chip
+The parent (the "host") starts N processes from a clean `forkserver` (numpy and numba preloaded), so each chip
 starts fast and inherits nothing but what it is handed: its own init arguments (its weight slices)
 and the ends of its own links (`runtime.links`: a ring of shared-memory slots per direction, with
 semaphores as blocking wake-ups).
@@ -213,7 +213,7 @@ class ChipCluster:
         self.n_chips = n_chips
         self.timeout_s = timeout_s
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["numpy", "mcushard.runtime.chips"])
+        ctx.set_forkserver_preload(["numpy", "mcushard.runtime.chips", "mcushard.runtime.compiled"])
         pairs = sorted({tuple(sorted(e)) for e in edges})
         for a, b in pairs:
             if not (0 <= a < n_chips and 0 <= b < n_chips) or a == b:

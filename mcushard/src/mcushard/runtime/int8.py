@@ -17,6 +17,10 @@ The step is written as the pieces a tensor-parallel split cuts: `attention_heads
 of heads, `swiglu_columns` on any subset of FFN columns, the row-split projections wo and w2 give int64
 partial sums (`ExactLinear` on a K slice) that are added as integers before `residual_add` requantises
 them once, so a split across chips is bit-exact (issue 4 reuses these functions per chip).
+
+Each decode step on one vector runs as one compiled kernel (`runtime.compiled`, numba) when that is
+available: the same arithmetic in the same order, equal bit for bit; the numpy code here is the
+reference and the fallback.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import numpy as np
 
 from mcushard.model.config import LlamaConfig
 from mcushard.model.weights import Weights
+from mcushard.runtime import compiled
 from mcushard.runtime.kernels import ExactLinear, exact_matmul_f64, max_abs
 from mcushard.runtime.quant import (
     DEFAULT_SCHEME,
@@ -67,8 +72,15 @@ def clamp_(x: np.ndarray, limit: int) -> np.ndarray:
     return np.minimum(x, limit, out=x)
 
 
-def requantize(acc: np.ndarray, ratio: np.ndarray | float, bits: int) -> np.ndarray:
-    """round(acc * ratio) clipped to signed `bits`; acc: exact integer accumulators."""
+def requantize(acc: np.ndarray, ratio: np.ndarray | float, bits: int, scale: float | None = None) -> np.ndarray:
+    """round(acc * ratio) clipped to signed `bits`; acc: exact integer accumulators. With `scale`, the
+    ratio is (ratio * scale), that product rounded first (a static ratio times a dynamic scale)."""
+    if compiled.ENABLED and scale is not None and acc.ndim == 1 and np.shape(ratio) == acc.shape:
+        out = np.empty(acc.shape, np.int64)
+        compiled.requantize_scaled(acc, ratio, scale, qmax(bits), out)
+        return out
+    if scale is not None:
+        ratio = ratio * scale
     t = np.multiply(acc, ratio)  # float64, a fresh array: rounded and clipped in place
     np.rint(t, out=t)
     return clamp_(t, qmax(bits)).astype(np.int64)
@@ -80,6 +92,9 @@ def rmsnorm_int(x: np.ndarray, gain: np.ndarray, eps_units: int, bits: int) -> t
     x: int64 [dim] residual units; gain: int16 [dim]. Returns (y int64 [dim] in [-qmax, qmax],
     scale) where the real output is y * scale * gain_unit (multiply by the gain tensor's unit).
     """
+    if compiled.ENABLED and x.ndim == 1:
+        y = np.empty(x.shape, np.int64)
+        return y, compiled.rmsnorm_int(x, gain, eps_units, qmax(bits), y)
     ss = int(np.dot(x, x))  # exact: |x| < 2^26, dim < 2^11
     rms = max(math.isqrt(ss // x.shape[0] + eps_units), 1)
     num = np.multiply(x, gain, dtype=np.int64)  # [dim], |.| < 2^41
@@ -107,6 +122,10 @@ def rope_int(x: np.ndarray, cos_q: np.ndarray, sin_q: np.ndarray, bits: int) -> 
 def rope_rotate(x: np.ndarray, rot: np.ndarray, bits: int) -> np.ndarray:
     """`rope_int` with the rotation built: x: int64 [heads, hd]; rot: int64 [hd/2, 2, 2] (`rope_rotation`).
     Each pair becomes (x0 cos - x1 sin + half) >> 14, (x0 sin + x1 cos + half) >> 14, in one int64 matmul."""
+    if compiled.ENABLED and x.ndim == 2:
+        out = np.empty(x.shape, np.int64)
+        compiled.rope_rotate(x, rot, ROPE_FRAC, qmax(bits), out)
+        return out
     out = np.matmul(rot, x.reshape(x.shape[0], -1, 2, 1)).reshape(x.shape)  # [heads, hd]
     out += 1 << (ROPE_FRAC - 1)
     out >>= ROPE_FRAC
@@ -158,10 +177,17 @@ def attention_heads(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, sco
     accumulator unit; out_ratio: [n_kv, n_rep, 1] output units per (Q15 prob x v) unit; log2_ratio:
     `softmax_units(score_ratio)` when the caller keeps it. Returns int64 [n_kv, n_rep, hd] at `bits`.
     """
+    if log2_ratio is None:
+        log2_ratio = softmax_units(score_ratio)
+    if compiled.ENABLED and cache_max is not None and np.ndim(log2_ratio) == np.ndim(out_ratio) == 3:
+        out = np.empty(q.shape, np.int64)
+        compiled.attention_heads(q, k_cache, v_cache, k_cache.shape[1], log2_ratio, out_ratio, qmax(bits), EXP2_TABLE,
+                                 EXP_FRAC, PROB_FRAC, out)
+        return out
     # k @ q^T reads each head's cache rows [T, hd] in place (q @ k^T would copy the cache transposed)
     scores = exact_matmul_f64(k_cache, q.swapaxes(1, 2), cache_max, cache_max)  # [n_kv, T, n_rep]
     scores = scores.swapaxes(1, 2)  # [n_kv, n_rep, T]
-    probs = softmax_int(scores, softmax_units(score_ratio) if log2_ratio is None else log2_ratio)  # Q15 [.., T]
+    probs = softmax_int(scores, log2_ratio)  # Q15 [.., T]
     out = exact_matmul_f64(probs, v_cache, a_max=1 << PROB_FRAC, b_max=cache_max)  # [n_kv, n_rep, hd]
     return requantize(out, out_ratio, bits)
 
@@ -196,6 +222,9 @@ def _table_steps(table: np.ndarray) -> np.ndarray:
     return hit[1]
 
 
+_SILU_SHIFTS = np.array([SILU_FRAC, SIG_STEP_SHIFT, SIG_FRAC, SIG_RANGE], np.int64)
+
+
 def silu_q16(x: np.ndarray) -> np.ndarray:
     """SiLU(x) = x * sigmoid(x), Q16 in and out."""
     return gated_q16(x, SIGMOID_TABLE)
@@ -207,12 +236,20 @@ def gelu_q16(x: np.ndarray) -> np.ndarray:
 
 
 def swiglu_columns(gate_acc: np.ndarray, up_acc: np.ndarray, gate_ratio: np.ndarray,
-                   out_ratio: np.ndarray, bits: int) -> np.ndarray:
+                   out_ratio: np.ndarray, bits: int, scale: float | None = None) -> np.ndarray:
     """h = silu(gate) * up on any subset of FFN columns.
 
     gate_acc, up_acc: int64 [cols] accumulators; gate_ratio: [cols] Q16 units per gate accumulator
-    unit; out_ratio: [cols] output units per (Q16 silu x up accumulator) unit. Returns int64 [cols].
+    unit; out_ratio: [cols] output units per (Q16 silu x up accumulator) unit; with `scale`, both
+    ratios are times scale (the products rounded first). Returns int64 [cols].
     """
+    if compiled.ENABLED and scale is not None:
+        out = np.empty(gate_acc.shape, np.int64)
+        compiled.swiglu_columns(gate_acc, up_acc, gate_ratio, out_ratio, scale, GATE_CLIP, SIGMOID_TABLE,
+                                _table_steps(SIGMOID_TABLE), _SILU_SHIFTS, qmax(bits), out)
+        return out
+    if scale is not None:
+        gate_ratio, out_ratio = gate_ratio * scale, out_ratio * scale
     g = np.multiply(gate_acc, gate_ratio)
     np.rint(g, out=g)
     gate = clamp_(g, GATE_CLIP).astype(np.int64)  # Q16
@@ -223,6 +260,10 @@ def swiglu_columns(gate_acc: np.ndarray, up_acc: np.ndarray, gate_ratio: np.ndar
 
 def residual_add(x: np.ndarray, partial_sum: np.ndarray, ratio: np.ndarray) -> np.ndarray:
     """x + requantised (summed) projection output. x, partial_sum: int64 [dim]; ratio: [dim]."""
+    if compiled.ENABLED:
+        out = np.empty(x.shape, np.int64)
+        compiled.residual_add(x, partial_sum, ratio, RES_CLIP, out)
+        return out
     t = np.multiply(partial_sum, ratio)
     y = np.rint(t, out=t).astype(np.int64)
     y += x
@@ -294,7 +335,7 @@ class LlamaInt8:
         cfg, sch, lp = self.cfg, self.scheme, self.layers[layer]
         p, hd = f"layers.{layer}.", cfg.head_dim
         y, s_y = rmsnorm_int(x, self.qm.gain[p + "attention_norm"], self.eps_units, sch.norm_bits)
-        qkv = requantize(self.lin[p + "qkv"].trusted(y), lp["qkv"] * s_y, sch.qkv_bits)  # [q_dim + 2 kv_dim]
+        qkv = requantize(self.lin[p + "qkv"].trusted(y), lp["qkv"], sch.qkv_bits, s_y)  # [q_dim + 2 kv_dim]
         # q and k rotated together: [n_heads + n_kv, hd]
         qk = rope_rotate(qkv[: cfg.dim + cfg.kv_dim].reshape(-1, hd), self.rot_q[pos], sch.qkv_bits)
         q = qk[: cfg.n_heads]  # [n_heads, hd]
@@ -311,7 +352,7 @@ class LlamaInt8:
         y, s_y = rmsnorm_int(x, self.qm.gain[p + "ffn_norm"], self.eps_units, sch.norm_bits)
         gate_up = self.lin[p + "w13"].trusted(y)  # [2 hidden]
         hidden = self.cfg.hidden_dim
-        h = swiglu_columns(gate_up[:hidden], gate_up[hidden:], lp["gate"] * s_y, lp["up"] * s_y, sch.ffn_bits)
+        h = swiglu_columns(gate_up[:hidden], gate_up[hidden:], lp["gate"], lp["up"], sch.ffn_bits, s_y)
         return self.lin[p + "w2"].trusted(h)
 
     def step(self, token: int, pos: int) -> np.ndarray:

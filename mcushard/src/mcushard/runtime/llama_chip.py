@@ -170,7 +170,7 @@ class LlamaChip(ChipProgram):
 
     def _qkv(self) -> None:
         r, pos = self.r, self.pos
-        qkv = requantize(r.qkv.trusted(self.y), r.ls.qkv_ratio * self.s_y, r.qkv_bits)  # [q_c + 2 kv_c]
+        qkv = requantize(r.qkv.trusted(self.y), r.ls.qkv_ratio, r.qkv_bits, self.s_y)  # [q_c + 2 kv_c]
         qk = rope_rotate(qkv[:r.n_qk].reshape(-1, r.dlen), self.rot_q[pos, r.rot0:r.rot1], r.qkv_bits)  # q, k rows
         self.q = qk[:r.n_q_rows].reshape(r.q_shape)  # [pieces, n_rep, dlen]
         r.k[:, pos] = qk[r.n_q_rows:]  # [pieces, dlen]
@@ -203,7 +203,7 @@ class LlamaChip(ChipProgram):
     def _ffn_up(self) -> None:
         r, s_y = self.r, self.s_y
         gate_up = r.w13.trusted(self.y)  # [2 h_c]
-        self.h = swiglu_columns(gate_up[:r.hc], gate_up[r.hc:], r.ls.gate_ratio * s_y, r.ls.up_ratio * s_y, r.ffn_bits)
+        self.h = swiglu_columns(gate_up[:r.hc], gate_up[r.hc:], r.ls.gate_ratio, r.ls.up_ratio, r.ffn_bits, s_y)
 
     def _ffn_down(self) -> None:
         self.psum = self.r.w2.trusted(self.h)  # [dim] int64 partial sums
