@@ -115,3 +115,25 @@ def test_decoder_tokens_and_logits_equal_the_numpy_reference(reference):
     assert tokens == reference(generate, slow, 12)
     for pos, token in enumerate([1] + tokens[:-1]):
         same(fast.step(token, pos), reference(slow.step, token, pos))
+
+
+def test_fused_steps(reference):
+    rng = np.random.default_rng(7)
+    x, psum = rng.integers(-(2**24), 2**24, 64), rng.integers(-(2**30), 2**30, 64)
+    ratio, gain = rng.uniform(-1e-3, 1e-3, 64), rng.integers(-32767, 32768, 64).astype(np.int16)
+    for a, b in zip(int8.residual_rmsnorm(x, psum, ratio, gain, 5, 12),
+                    reference(int8.residual_rmsnorm, x, psum, ratio, gain, 5, 12), strict=True):
+        same(a, b)
+    for n_p, n_rep, dlen in [(2, 3, 8), (1, 1, 4)]:  # whole heads, and a head's slice of 4 dims
+        n = (n_p * n_rep + 2 * n_p) * dlen
+        scale = 0.37
+        acc, ratio = order_sensitive(rng, n, scale, 2**10)
+        cos, sin = np.cos(np.arange(dlen // 2) + 0.3), np.sin(np.arange(dlen // 2) + 0.3)
+        rot = int8.rope_rotation(np.rint(cos * 2**14).astype(np.int64), np.rint(sin * 2**14).astype(np.int64))
+        caches = [np.zeros((n_p, 16, dlen)) for _ in range(4)]
+        q = int8.qkv_rope_cache(acc, ratio, scale, 12, rot, n_p * n_rep, caches[0], caches[1], 5)
+        q_ref = reference(int8.qkv_rope_cache, acc, ratio, scale, 12, rot, n_p * n_rep, caches[2], caches[3], 5)
+        same(q, q_ref)
+        same(caches[0], caches[2])
+        same(caches[1], caches[3])
+        assert np.any(caches[0][:, 5]) and not np.any(caches[0][:, :5])

@@ -33,9 +33,9 @@ def _jit(fn):
 
 @_jit
 def gemv(wt, x, acc, y):
-    """y = W @ x for W given transposed, wt int8 [K, out], and an integer x [K] (int16 or int32): the
-    rows of wt scaled by x[j] are added into acc [out] (int32 when every partial sum fits, which the
-    caller checks: K * max|w| * max|x| < 2^31; else int64), then copied to y (int64 [out])."""
+    """y = W @ x for W given transposed, wt int8 [K, out], and an integer x [K]: the rows of wt scaled
+    by x[j] are added into acc [out] (int32 when every partial sum fits, which the caller checks:
+    K * max|w| * max|x| < 2^31; else int64), then copied to y (int64 [out])."""
     k, out = wt.shape
     acc[:] = 0
     for j in range(k):
@@ -44,6 +44,13 @@ def gemv(wt, x, acc, y):
             acc[o] += acc.dtype.type(wt[j, o]) * xj
     for o in range(out):
         y[o] = acc[o]
+
+
+@_jit
+def residual_rmsnorm(x, psum, ratio, limit, gain, eps_units, q, x_out, y):
+    """`residual_add(x, psum, ratio)` into x_out, then `rmsnorm_int` of it into y; returns the scale."""
+    residual_add(x, psum, ratio, limit, x_out)
+    return rmsnorm_int(x_out, gain, eps_units, q, y)
 
 
 @_jit
@@ -98,6 +105,31 @@ def rope_rotate(x, rot, frac, q, out):
             b = (rot[p, 1, 0] * x0 + rot[p, 1, 1] * x1 + half) >> frac
             out[r, 2 * p] = min(max(a, -q), q)
             out[r, 2 * p + 1] = min(max(b, -q), q)
+
+
+@_jit
+def qkv_rope_cache(acc, ratio, scale, q, rot, frac, n_q_rows, k_cache, v_cache, pos, q_out):
+    """`int8.qkv_rope_cache`: requantise the q/k/v accumulators acc [(n_q_rows + 2 P) * dlen] with
+    (ratio * scale), rotate the q and k rows by rot [dlen/2, 2, 2], write q_out [n_q_rows, dlen] and
+    row `pos` of the caches [P, seq, dlen]."""
+    n_p, dlen = k_cache.shape[0], k_cache.shape[2]
+    half = np.int64(1) << (frac - 1)
+    for r in range(n_q_rows + n_p):
+        for p in range(dlen // 2):
+            i = r * dlen + 2 * p
+            x0 = np.int64(min(max(np.rint(np.float64(acc[i]) * (ratio[i] * scale)), -q), q))
+            x1 = np.int64(min(max(np.rint(np.float64(acc[i + 1]) * (ratio[i + 1] * scale)), -q), q))
+            a = min(max((rot[p, 0, 0] * x0 + rot[p, 0, 1] * x1 + half) >> frac, -q), q)
+            b = min(max((rot[p, 1, 0] * x0 + rot[p, 1, 1] * x1 + half) >> frac, -q), q)
+            if r < n_q_rows:
+                q_out[r, 2 * p], q_out[r, 2 * p + 1] = a, b
+            else:
+                k_cache[r - n_q_rows, pos, 2 * p], k_cache[r - n_q_rows, pos, 2 * p + 1] = a, b
+    base = (n_q_rows + n_p) * dlen
+    for h in range(n_p):
+        for d in range(dlen):
+            i = base + h * dlen + d
+            v_cache[h, pos, d] = min(max(np.rint(np.float64(acc[i]) * (ratio[i] * scale)), -q), q)
 
 
 @_jit

@@ -108,6 +108,17 @@ def rmsnorm_int(x: np.ndarray, gain: np.ndarray, eps_units: int, bits: int) -> t
     return num, peak / (rms * q)
 
 
+def residual_rmsnorm(x: np.ndarray, partial_sum: np.ndarray, ratio: np.ndarray, gain: np.ndarray, eps_units: int,
+                     bits: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """`residual_add(x, partial_sum, ratio)` and the `rmsnorm_int` of the result: (x', y, scale)."""
+    if compiled.ENABLED:
+        x_out, y = np.empty(x.shape, np.int64), np.empty(x.shape, np.int64)
+        scale = compiled.residual_rmsnorm(x, partial_sum, ratio, RES_CLIP, gain, eps_units, qmax(bits), x_out, y)
+        return x_out, y, scale
+    x = residual_add(x, partial_sum, ratio)
+    return (x, *rmsnorm_int(x, gain, eps_units, bits))
+
+
 def rope_rotation(cos_q: np.ndarray, sin_q: np.ndarray) -> np.ndarray:
     """Q14 rotation matrices [[cos, -sin], [sin, cos]] of cos_q, sin_q int64 [..., hd/2]: int64 [..., hd/2, 2, 2]
     (decoders build them once for every position)."""
@@ -130,6 +141,24 @@ def rope_rotate(x: np.ndarray, rot: np.ndarray, bits: int) -> np.ndarray:
     out += 1 << (ROPE_FRAC - 1)
     out >>= ROPE_FRAC
     return clamp_(out, qmax(bits))
+
+
+def qkv_rope_cache(acc: np.ndarray, ratio: np.ndarray, scale: float, bits: int, rot: np.ndarray, n_q_rows: int,
+                   k_cache: np.ndarray, v_cache: np.ndarray, pos: int) -> np.ndarray:
+    """The q/k/v accumulators acc [(n_q_rows + 2 P) * dlen] of P KV heads (or head slices of dlen
+    dims) requantised with (ratio * scale) to `bits`, q and k rotated by rot [dlen/2, 2, 2]; k and v
+    written to row `pos` of k_cache, v_cache [P, seq, dlen]. Returns q int64 [n_q_rows, dlen]."""
+    n_p, dlen = k_cache.shape[0], k_cache.shape[2]
+    if compiled.ENABLED:
+        q = np.empty((n_q_rows, dlen), np.int64)
+        compiled.qkv_rope_cache(acc, ratio, scale, qmax(bits), rot, ROPE_FRAC, n_q_rows, k_cache, v_cache, pos, q)
+        return q
+    qkv = requantize(acc, ratio, bits, scale)
+    n_qk = (n_q_rows + n_p) * dlen
+    qk = rope_rotate(qkv[:n_qk].reshape(-1, dlen), rot, bits)  # [n_q_rows + P, dlen]
+    k_cache[:, pos] = qk[n_q_rows:]
+    v_cache[:, pos] = qkv[n_qk:].reshape(n_p, dlen)
+    return qk[:n_q_rows]
 
 
 def softmax_int(scores: np.ndarray, log2_ratio: np.ndarray | float, keep: np.ndarray | None = None) -> np.ndarray:
@@ -335,12 +364,8 @@ class LlamaInt8:
         cfg, sch, lp = self.cfg, self.scheme, self.layers[layer]
         p, hd = f"layers.{layer}.", cfg.head_dim
         y, s_y = rmsnorm_int(x, self.qm.gain[p + "attention_norm"], self.eps_units, sch.norm_bits)
-        qkv = requantize(self.lin[p + "qkv"].trusted(y), lp["qkv"], sch.qkv_bits, s_y)  # [q_dim + 2 kv_dim]
-        # q and k rotated together: [n_heads + n_kv, hd]
-        qk = rope_rotate(qkv[: cfg.dim + cfg.kv_dim].reshape(-1, hd), self.rot_q[pos], sch.qkv_bits)
-        q = qk[: cfg.n_heads]  # [n_heads, hd]
-        self.k_cache[layer, :, pos] = qk[cfg.n_heads:]  # [n_kv, hd]
-        self.v_cache[layer, :, pos] = qkv[cfg.dim + cfg.kv_dim:].reshape(cfg.n_kv_heads, hd)
+        q = qkv_rope_cache(self.lin[p + "qkv"].trusted(y), lp["qkv"], s_y, sch.qkv_bits, self.rot_q[pos], cfg.n_heads,
+                           self.k_cache[layer], self.v_cache[layer], pos)  # [n_heads, hd]; k, v cached
         att = attention_heads(q.reshape(cfg.n_kv_heads, -1, hd), self.k_cache[layer, :, : pos + 1],
                               self.v_cache[layer, :, : pos + 1], lp["score"], lp["att"], sch.att_bits,
                               qmax(sch.qkv_bits))

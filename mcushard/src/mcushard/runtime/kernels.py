@@ -22,8 +22,8 @@
   activations, 64 for 12-bit, 4 for 16-bit); one batched float32 product gives every chunk's exact
   partial result and the chunks are added in float64. Past 16-bit activations it is float64.
 
-- compiled (numba, `runtime.compiled`), for the product of one vector by a matrix of at most
-  `COMPILED_MAX_WEIGHTS` weights (a chip's slices): int8 weights times int16/int32 activations in an
+- compiled (numba, `runtime.compiled`), for the product of one vector by a matrix of fewer than
+  `COMPILED_MAX_WEIGHTS` weights (a chip's slices): int8 weights times integer activations in an
   int32 accumulator (int64 where K * max|w| * max|x| could pass 2^31), exact by construction, at a
   call cost of about 1 us against onnxruntime's 5-10 us. Larger matrices and batches keep the paths
   above.
@@ -153,14 +153,12 @@ class ExactLinear:
         step multiplies one vector per matrix; the general path's reshapes cost as much as the work)."""
         if self.compiled:
             wt, out = self.wt_int8, self.out
-            x_buf = np.empty(self.k, np.int16 if self.x_max < 2**15 else np.int32)  # [K]
             fits = partial_sum_bound(self.k, self.w_max, self.x_max) <= INT32_MAX
             acc = np.empty(out, np.int32 if fits else np.int64)  # [out]
 
             def vector(x: np.ndarray) -> np.ndarray:
-                x_buf[...] = x  # |x| <= x_max: fits the buffer's type
                 y = np.empty(out, np.int64)  # [out]
-                compiled.gemv(wt, x_buf, acc, y)
+                compiled.gemv(wt, x, acc, y)
                 return y
             return vector
         if self.backend == "float":

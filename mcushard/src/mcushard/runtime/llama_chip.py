@@ -21,10 +21,11 @@ from mcushard.runtime.int8 import (
     PROB_FRAC,
     ROPE_FRAC,
     attention_heads,
+    qkv_rope_cache,
     requantize,
     residual_add,
+    residual_rmsnorm,
     rmsnorm_int,
-    rope_rotate,
     rope_rotation,
     softmax_int,
     softmax_units,
@@ -45,10 +46,10 @@ class LayerRun:
     row ranges of its q/k/v vector (the decode loop reads these instead of recomputing them)."""
 
     __slots__ = ("ls", "qkv", "wo", "w13", "w2", "k", "v", "norm_bits", "qkv_bits", "att_bits", "ffn_bits",
-                 "dlen", "n_q_rows", "n_qk", "q_shape", "kv_shape", "rot0", "rot1", "split", "hc", "log2_ratio")
+                 "dlen", "n_q_rows", "q_shape", "rot", "split", "hc", "log2_ratio")
 
     def __init__(self, cfg, sch, ls, qkv: ExactLinear, wo: ExactLinear, w13: ExactLinear, w2: ExactLinear,
-                 k: np.ndarray, v: np.ndarray) -> None:
+                 k: np.ndarray, v: np.ndarray, rot_q: np.ndarray) -> None:
         self.ls, self.qkv, self.wo, self.w13, self.w2, self.k, self.v = ls, qkv, wo, w13, w2, k, v
         self.norm_bits, self.qkv_bits, self.att_bits, self.ffn_bits = (
             sch.norm_bits, sch.qkv_bits, sch.att_bits, sch.ffn_bits)
@@ -56,9 +57,8 @@ class LayerRun:
         d0, d1 = ls.pieces[0][1], ls.pieces[0][2]
         self.dlen = d1 - d0  # head dims of each piece
         self.n_q_rows = n_p * n_rep  # q rows of length dlen, before the k rows
-        self.n_qk = (n_p * n_rep + n_p) * self.dlen  # q and k elements of the qkv vector; v follows
-        self.q_shape, self.kv_shape = (n_p, n_rep, self.dlen), (n_p, self.dlen)
-        self.rot0, self.rot1 = d0 // 2, d1 // 2  # RoPE pairs of the pieces
+        self.q_shape = (n_p, n_rep, self.dlen)
+        self.rot = np.ascontiguousarray(rot_q[:, d0 // 2:d1 // 2])  # [seq, dlen/2, 2, 2]: the pieces' RoPE pairs
         self.split = cfg.head_dim != self.dlen  # a head split across chips: partial scores
         self.hc = ls.ffn_rows[1] - ls.ffn_rows[0]  # FFN columns held
         self.log2_ratio = softmax_units(ls.score_ratio)  # [pieces, n_rep, 1] softmax units per score unit
@@ -88,7 +88,7 @@ class LlamaChip(ChipProgram):
             self.k_cache[layer] = np.zeros(shape)  # [pieces, seq, dlen] integers in float64 for BLAS
             self.v_cache[layer] = np.zeros(shape)
             self.runs[layer] = LayerRun(cfg, sch, ls, *(self.lin[layer, k] for k in ("qkv", "wo", "w13", "w2")),
-                                        self.k_cache[layer], self.v_cache[layer])
+                                        self.k_cache[layer], self.v_cache[layer], self.rot_q)
         cls_w = shard.cls_w if shard.cls_w is not None else shard.emb_w
         self.cls = ExactLinear(cls_w, sch.cls_bits) if shard.cls_ratio is not None else None
         self.handlers = {
@@ -170,11 +170,9 @@ class LlamaChip(ChipProgram):
 
     def _qkv(self) -> None:
         r, pos = self.r, self.pos
-        qkv = requantize(r.qkv.trusted(self.y), r.ls.qkv_ratio, r.qkv_bits, self.s_y)  # [q_c + 2 kv_c]
-        qk = rope_rotate(qkv[:r.n_qk].reshape(-1, r.dlen), self.rot_q[pos, r.rot0:r.rot1], r.qkv_bits)  # q, k rows
-        self.q = qk[:r.n_q_rows].reshape(r.q_shape)  # [pieces, n_rep, dlen]
-        r.k[:, pos] = qk[r.n_q_rows:]  # [pieces, dlen]
-        r.v[:, pos] = qkv[r.n_qk:].reshape(r.kv_shape)
+        q = qkv_rope_cache(r.qkv.trusted(self.y), r.ls.qkv_ratio, self.s_y, r.qkv_bits, r.rot[pos], r.n_q_rows,
+                           r.k, r.v, pos)  # [pieces * n_rep, dlen]; k and v [pieces, dlen] cached at pos
+        self.q = q.reshape(r.q_shape)  # [pieces, n_rep, dlen]
         if r.split:  # a split head: partial scores, all-reduced next
             self.scores = exact_matmul_f64(self.q, r.k[:, : pos + 1].swapaxes(1, 2),
                                            self.cache_max, self.cache_max)
@@ -197,8 +195,8 @@ class LlamaChip(ChipProgram):
 
     def _ffn_norm(self) -> None:
         r = self.r
-        self.x = residual_add(self.x, self.psum, r.ls.wo_ratio)
-        self.y, self.s_y = rmsnorm_int(self.x, r.ls.ffn_gain, self.s.eps_units, r.norm_bits)
+        self.x, self.y, self.s_y = residual_rmsnorm(self.x, self.psum, r.ls.wo_ratio, r.ls.ffn_gain, self.s.eps_units,
+                                                    r.norm_bits)
 
     def _ffn_up(self) -> None:
         r, s_y = self.r, self.s_y
