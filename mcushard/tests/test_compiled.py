@@ -137,3 +137,14 @@ def test_fused_steps(reference):
         same(caches[0], caches[2])
         same(caches[1], caches[3])
         assert np.any(caches[0][:, 5]) and not np.any(caches[0][:, :5])
+
+
+def test_scaled_logits_and_first_argmax(reference):
+    rng = np.random.default_rng(11)
+    acc = rng.integers(-(2**20), 2**20, 300)
+    acc[[40, 41, 200]] = 2**21  # ties at the maximum: the first wins, as np.argmax
+    ratio = np.full(300, 3e-4)
+    (logits, best), (logits_ref, best_ref) = int8.scaled_logits(acc, ratio, 0.7), reference(int8.scaled_logits, acc,
+                                                                                            ratio, 0.7)
+    same(logits, logits_ref)
+    assert best == best_ref == 40

@@ -38,10 +38,11 @@ def order_key(values: np.ndarray) -> np.ndarray:
     return np.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
 
 
-def pack_argmax(logits: np.ndarray, first_index: int, vocab: int) -> np.ndarray:
+def pack_argmax(logits: np.ndarray, first_index: int, vocab: int, best: int | None = None) -> np.ndarray:
     """Best (value, index) of a logits slice [n] packed in one int64: a larger value wins, then a lower
-    index (np.argmax's first occurrence), so `max` over packed keys is the argmax of the whole."""
-    i = int(np.argmax(logits))
+    index (np.argmax's first occurrence), so `max` over packed keys is the argmax of the whole. `best`:
+    np.argmax(logits) when the caller has it."""
+    i = int(np.argmax(logits)) if best is None else best
     return np.array([(int(order_key(logits[i:i + 1])[0]) << 32) | (vocab - 1 - (first_index + i))], np.int64)
 
 

@@ -182,3 +182,15 @@ def swiglu_columns(gate_acc, up_acc, gate_ratio, up_ratio, scale, gate_clip, tab
         h = ((f * x + (np.int64(1) << (sig_frac - 1))) >> sig_frac) * up_acc[i]
         v = np.rint(np.float64(h) * (up_ratio[i] * scale))
         out[i] = np.int64(min(max(v, -q), q))
+
+
+@_jit
+def scaled_logits(acc, ratio, scale, out):
+    """out = float32(acc * (ratio * scale)) (float64 products, rounded once to float32); returns the
+    index of the first largest logit (np.argmax's choice)."""
+    best = 0
+    for i in range(acc.shape[0]):
+        out[i] = np.float32(np.float64(acc[i]) * (ratio[i] * scale))
+        if out[i] > out[best]:
+            best = i
+    return best

@@ -299,6 +299,16 @@ def residual_add(x: np.ndarray, partial_sum: np.ndarray, ratio: np.ndarray) -> n
     return clamp_(y, RES_CLIP)
 
 
+def scaled_logits(acc: np.ndarray, ratio: np.ndarray, scale: float) -> tuple[np.ndarray, int]:
+    """float32 logits acc * (ratio * scale) of classifier accumulators acc int64 [rows], and the index of
+    the first largest one."""
+    if compiled.ENABLED:
+        out = np.empty(acc.shape, np.float32)
+        return out, compiled.scaled_logits(acc, ratio, scale, out)
+    logits = (acc * (ratio * scale)).astype(np.float32)
+    return logits, int(np.argmax(logits))
+
+
 class LlamaInt8:
     """Integer decoder with a KV cache; `step(token, pos)` returns float32 logits [vocab]."""
 
@@ -386,4 +396,4 @@ class LlamaInt8:
             x = residual_add(x, self.attention_block(layer, x, pos), self.layers[layer]["wo"])
             x = residual_add(x, self.ffn_block(layer, x), self.layers[layer]["w2"])
         y, s_y = rmsnorm_int(x, self.qm.gain["norm"], self.eps_units, self.scheme.cls_bits)
-        return (self.lin["cls"].trusted(y) * (self.cls_ratio * s_y)).astype(np.float32)  # [vocab]
+        return scaled_logits(self.lin["cls"].trusted(y), self.cls_ratio, s_y)[0]  # [vocab] float32

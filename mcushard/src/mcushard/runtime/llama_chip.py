@@ -27,6 +27,7 @@ from mcushard.runtime.int8 import (
     residual_rmsnorm,
     rmsnorm_int,
     rope_rotation,
+    scaled_logits,
     softmax_int,
     softmax_units,
     swiglu_columns,
@@ -215,10 +216,10 @@ class LlamaChip(ChipProgram):
                                        self.s.scheme.cls_bits)
 
     def _classifier(self) -> None:
-        self.logits = (self.cls.trusted(self.y) * (self.s.cls_ratio * self.s_y)).astype(np.float32)  # [rows]
+        self.logits, self.best = scaled_logits(self.cls.trusted(self.y), self.s.cls_ratio, self.s_y)  # [rows] float32
 
     def _argmax(self) -> None:
-        self.key = pack_argmax(self.logits, self.s.vocab_rows[0], self.s.cfg.vocab_size)
+        self.key = pack_argmax(self.logits, self.s.vocab_rows[0], self.s.cfg.vocab_size, self.best)
 
 
 def make_llama_chip(chip: int, links: Links, shard: LlamaShard) -> LlamaChip:
