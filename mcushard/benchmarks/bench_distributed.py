@@ -38,11 +38,17 @@ from mcushard.runtime.quant import quantize_llama
 TARGET_RATIO = 0.5
 
 
+def greedy(decoder, steps: int) -> list[int]:
+    """`steps` greedy tokens: the chips decode them among themselves (`DistributedLlama.greedy`), the
+    single process through `generate`."""
+    return decoder.greedy(steps) if isinstance(decoder, DistributedLlama) else generate(decoder, steps)
+
+
 def tokens_per_s(decoder, steps: int) -> tuple[float, list[int], float]:
     """(tokens/s, tokens, host-process CPU seconds per token) of `steps` greedy tokens."""
-    generate(decoder, 2)  # warm-up (caches, BLAS threads); positions 0-1 are rewritten below
+    greedy(decoder, 2)  # warm-up (caches, BLAS threads); positions 0-1 are rewritten below
     t0, c0 = time.perf_counter(), time.process_time()
-    out = generate(decoder, steps)
+    out = greedy(decoder, steps)
     return steps / (time.perf_counter() - t0), out, (time.process_time() - c0) / steps
 
 

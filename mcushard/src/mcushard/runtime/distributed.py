@@ -21,6 +21,7 @@ from mcushard.errors import McushardError
 from mcushard.partition.collectives import edges, schedule
 from mcushard.partition.plan import AllReduce, Plan, Send
 from mcushard.runtime.chips import ChipCluster
+from mcushard.runtime.generate import BOS, generate
 from mcushard.runtime.llama_chip import make_llama_chip
 from mcushard.runtime.llama_shard import llama_shards
 
@@ -66,6 +67,7 @@ class ClusterModel:
     def __init__(self, plan: Plan, cfg, make_chip, shards, group_size: int, timeout_s: float) -> None:
         self.plan, self.cfg = plan, cfg
         self.stats = RunStats()
+        self.timeout_s = timeout_s
         self.cluster = ChipCluster(plan.n_chips, plan_links(plan, group_size), make_chip, shards,
                                    timeout_s=timeout_s)
 
@@ -74,11 +76,15 @@ class ClusterModel:
         t0 = time.perf_counter()
         replies = self.cluster.request(request)
         self.stats.seconds += time.perf_counter() - t0
+        self._record(replies)
+        return replies
+
+    def _record(self, replies: list[dict]) -> None:
+        """Add one step's replies (one per chip) to the stats."""
         self.stats.comm_s += sum(r["comm_s"] for r in replies)
         self.stats.busy_s += sum(r["step_s"] for r in replies)
         self.stats.cpu_s += sum(r.get("cpu_s", 0.0) for r in replies)
         self.stats.link_bytes.append({(c, peer): b for c, r in enumerate(replies) for peer, b in r["sent"].items()})
-        return replies
 
     def held(self) -> list[dict[str, int]]:
         """Per chip: bytes it stores, counted by the chip process itself (see `ChipProgram.held`)."""
@@ -99,6 +105,9 @@ class DistributedLlama(ClusterModel):
 
     def __init__(self, plan: Plan, ref, group_size: int, timeout_s: float = 60.0) -> None:
         super().__init__(plan, ref.cfg, make_llama_chip, llama_shards(plan, ref, group_size), group_size, timeout_s)
+        # every chip learns the next token from the argmax all-reduce: the chips can decode on their own
+        self.chips_know_token = any(isinstance(s, AllReduce) and s.label == "argmax" and len(s.group) == plan.n_chips
+                                    for s in plan.steps)
 
     def step(self, token: int, pos: int) -> np.ndarray:
         """float32 logits [vocab] of position `pos` fed `token` (the chips' slices, concatenated)."""
@@ -118,6 +127,27 @@ class DistributedLlama(ClusterModel):
         if chosen != {int(np.argmax(logits))}:
             raise McushardError(f"argmax all-reduce gave {sorted(chosen)}, the logits {int(np.argmax(logits))}")
         return logits
+
+    def greedy(self, steps: int, start: int = BOS) -> list[int]:
+        """`steps` greedy tokens after `start` (as `generate` at temperature 0), decoded by the chips
+        alone: one request, and each chip feeds the argmax all-reduce's token back into its next step,
+        as a cluster without a host in the loop would. The stats record every step."""
+        if not 0 < steps <= self.cfg.max_seq_len:
+            raise McushardError(f"{steps} steps: the model holds 1 to {self.cfg.max_seq_len} positions")
+        if not self.chips_know_token:  # e.g. a pipeline: the host carries the token back to the first stage
+            return generate(self, steps, start=start)
+        t0 = time.perf_counter()
+        per_chip = self.cluster.request(("greedy", int(start), int(steps)), timeout_s=self.timeout_s * steps)
+        self.stats.seconds += time.perf_counter() - t0
+        tokens = []
+        for pos in range(steps):
+            replies = [chip[pos] for chip in per_chip]
+            self._record(replies)
+            chosen = {r["token"] for r in replies}
+            if len(chosen) != 1:
+                raise McushardError(f"step {pos}: the chips' argmax all-reduce disagrees: {sorted(chosen)}")
+            tokens.append(chosen.pop())
+        return tokens
 
 
 @dataclass(frozen=True)
@@ -145,11 +175,9 @@ def cost_model_link_bytes(plan: Plan, hw, pos: int) -> dict[Link, int]:
 def run_plan(plan: Plan, ref, hw, steps: int, temperature: float = 0.0, seed: int = 0,
              timeout_s: float = 60.0) -> RunReport:
     """Generate `steps` tokens from BOS with one process per chip of `plan`; compare with the cost model."""
-    from mcushard.runtime.generate import generate
-
     steps = min(steps, plan.model.max_seq_len)
     with DistributedLlama(plan, ref, hw.group_size, timeout_s) as dist:
-        out = generate(dist, steps, temperature, seed)
+        out = dist.greedy(steps) if temperature <= 0.0 else generate(dist, steps, temperature, seed)
         held = dist.held()
         stats = dist.stats
     match = all(per == cost_model_link_bytes(plan, hw, pos) for pos, per in enumerate(stats.link_bytes))

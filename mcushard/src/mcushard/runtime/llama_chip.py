@@ -66,7 +66,8 @@ class LayerRun:
 
 
 class LlamaChip(ChipProgram):
-    """Handler of one chip process; `handle(("step", token, pos))` runs one decode step."""
+    """Handler of one chip process: `handle(("step", token, pos))` runs one decode step,
+    `handle(("greedy", token, steps))` decodes `steps` tokens greedily without the host in the loop."""
 
     def __init__(self, chip: int, links: Links, shard: LlamaShard) -> None:
         super().__init__(links, shard.group_size, shard)
@@ -116,9 +117,22 @@ class LlamaChip(ChipProgram):
     def handle(self, request):
         if request[0] == "held":
             return self.held()
-        kind, token, pos = request
-        if kind != "step":
-            raise ValueError(f"unknown request {kind!r}")
+        if request[0] == "step":  # one decode step of the host's token
+            return self.decode(request[1], request[2])
+        if request[0] == "greedy":  # `steps` greedy steps from a start token, each fed the chips' own argmax
+            _, token, steps = request
+            replies = []
+            for pos in range(steps):
+                replies.append(self.decode(token, pos, logits=False))
+                token = replies[-1]["token"]
+                if token is None:
+                    raise ValueError("greedy decoding on the chips needs every chip in the argmax all-reduce")
+            return replies
+        raise ValueError(f"unknown request {request[0]!r}")
+
+    def decode(self, token: int, pos: int, logits: bool = True) -> dict:
+        """Walk the program for `token` at `pos`: the argmax token (when this chip takes part in the
+        argmax all-reduce), its logits slice (with `logits`), bytes sent, seconds and CPU seconds."""
         self.token, self.pos = token, pos
         self.x = self.row = self.psum = self.scores = self.logits = self.key = None
         self.psum_bound = None
@@ -132,8 +146,8 @@ class LlamaChip(ChipProgram):
                 method(step)
                 comm_s += time.perf_counter() - t0
         token_out = None if self.key is None else unpack_argmax(self.key, self.s.cfg.vocab_size)
-        logits = None if self.logits is None else (self.s.vocab_rows[0], self.logits)
-        return {"token": token_out, "logits": logits, "sent": self.take_bytes_sent(), "comm_s": comm_s,
+        part = None if self.logits is None or not logits else (self.s.vocab_rows[0], self.logits)
+        return {"token": token_out, "logits": part, "sent": self.take_bytes_sent(), "comm_s": comm_s,
                 "step_s": time.perf_counter() - t_start, "cpu_s": time.process_time() - cpu_start}
 
     def _reduce(self, step: AllReduce) -> None:
