@@ -76,6 +76,18 @@ def test_stories260k_bit_identical(small, hw, n, strategy, algorithm):
     _check_run(make_plan(ref.cfg, n, strategy, algorithm), ref, expected, hw, STEPS)
 
 
+def test_greedy_on_the_chips_across_requests(small, hw, monkeypatch):
+    """The chips' own greedy loop, cut into requests of 4 tokens: the token and position carry over."""
+    import mcushard.runtime.distributed as distributed
+
+    ref, (tokens, _) = small
+    monkeypatch.setattr(distributed, "GREEDY_CHUNK", 4)
+    with DistributedLlama(make_plan(ref.cfg, 4, "tp", "tree"), ref, hw.group_size, timeout_s=120) as dist:
+        assert dist.chips_know_token
+        assert dist.greedy(STEPS) == tokens
+        assert len(dist.stats.link_bytes) == STEPS
+
+
 @pytest.fixture(scope="module")
 def tinyllama42m():
     cfg = get_preset("tinyllama-42m")

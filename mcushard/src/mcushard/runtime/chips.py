@@ -242,9 +242,8 @@ class ChipCluster:
             self.close()
             raise
 
-    def request(self, requests: list[Any] | Any, timeout_s: float | None = None) -> list[Any]:
-        """Send one request to every chip (a list: one per chip) and return the replies in chip order
-        (within `timeout_s`, default the cluster's)."""
+    def request(self, requests: list[Any] | Any) -> list[Any]:
+        """Send one request to every chip (a list: one per chip) and return the replies in chip order."""
         if isinstance(requests, list):
             payloads = [bytes(ForkingPickler.dumps(req)) for req in requests]
         else:  # the same request for every chip: pickled once
@@ -254,7 +253,7 @@ class ChipCluster:
                 conn.send_bytes(payload)
             except OSError:
                 pass  # the chip is dead; _gather reports which
-        return self._gather(expect="ok", timeout_s=timeout_s)
+        return self._gather(expect="ok")
 
     def _gather(self, expect: str, timeout_s: float | None = None) -> list[Any]:
         """One reply per chip, waiting on the chips' control connections and process sentinels at

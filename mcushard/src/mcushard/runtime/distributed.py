@@ -26,6 +26,7 @@ from mcushard.runtime.llama_chip import make_llama_chip
 from mcushard.runtime.llama_shard import llama_shards
 
 Link = tuple[int, int]  # (sending chip, receiving chip)
+GREEDY_CHUNK = 16  # tokens the chips decode per host request in `DistributedLlama.greedy`
 
 
 def plan_links(plan: Plan, group_size: int) -> set[Link]:
@@ -67,7 +68,6 @@ class ClusterModel:
     def __init__(self, plan: Plan, cfg, make_chip, shards, group_size: int, timeout_s: float) -> None:
         self.plan, self.cfg = plan, cfg
         self.stats = RunStats()
-        self.timeout_s = timeout_s
         self.cluster = ChipCluster(plan.n_chips, plan_links(plan, group_size), make_chip, shards,
                                    timeout_s=timeout_s)
 
@@ -131,22 +131,25 @@ class DistributedLlama(ClusterModel):
     def greedy(self, steps: int, start: int = BOS) -> list[int]:
         """`steps` greedy tokens after `start` (as `generate` at temperature 0), decoded by the chips
         alone: one request, and each chip feeds the argmax all-reduce's token back into its next step,
-        as a cluster without a host in the loop would. The stats record every step."""
+        as a cluster without a host in the loop would (one request per `GREEDY_CHUNK` tokens, each
+        within the cluster's timeout). The stats record every step."""
         if not 0 < steps <= self.cfg.max_seq_len:
             raise McushardError(f"{steps} steps: the model holds 1 to {self.cfg.max_seq_len} positions")
         if not self.chips_know_token:  # e.g. a pipeline: the host carries the token back to the first stage
             return generate(self, steps, start=start)
-        t0 = time.perf_counter()
-        per_chip = self.cluster.request(("greedy", int(start), int(steps)), timeout_s=self.timeout_s * steps)
-        self.stats.seconds += time.perf_counter() - t0
-        tokens = []
-        for pos in range(steps):
-            replies = [chip[pos] for chip in per_chip]
-            self._record(replies)
-            chosen = {r["token"] for r in replies}
-            if len(chosen) != 1:
-                raise McushardError(f"step {pos}: the chips' argmax all-reduce disagrees: {sorted(chosen)}")
-            tokens.append(chosen.pop())
+        tokens: list[int] = []
+        for first in range(0, steps, GREEDY_CHUNK):  # a request per chunk: a hung chip is noticed within timeout_s
+            count = min(GREEDY_CHUNK, steps - first)
+            t0 = time.perf_counter()
+            per_chip = self.cluster.request(("greedy", tokens[-1] if tokens else int(start), first, count))
+            self.stats.seconds += time.perf_counter() - t0
+            for i in range(count):
+                replies = [chip[i] for chip in per_chip]
+                self._record(replies)
+                chosen = {r["token"] for r in replies}
+                if len(chosen) != 1:
+                    raise McushardError(f"step {first + i}: the chips' argmax all-reduce disagrees: {sorted(chosen)}")
+                tokens.append(chosen.pop())
         return tokens
 
 

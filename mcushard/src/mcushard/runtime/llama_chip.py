@@ -67,7 +67,8 @@ class LayerRun:
 
 class LlamaChip(ChipProgram):
     """Handler of one chip process: `handle(("step", token, pos))` runs one decode step,
-    `handle(("greedy", token, steps))` decodes `steps` tokens greedily without the host in the loop."""
+    `handle(("greedy", token, first, steps))` decodes `steps` tokens greedily from position `first`
+    without the host in the loop."""
 
     def __init__(self, chip: int, links: Links, shard: LlamaShard) -> None:
         super().__init__(links, shard.group_size, shard)
@@ -119,10 +120,10 @@ class LlamaChip(ChipProgram):
             return self.held()
         if request[0] == "step":  # one decode step of the host's token
             return self.decode(request[1], request[2])
-        if request[0] == "greedy":  # `steps` greedy steps from a start token, each fed the chips' own argmax
-            _, token, steps = request
+        if request[0] == "greedy":  # `steps` greedy steps from position `first`, each fed the chips' own argmax
+            _, token, first, steps = request
             replies = []
-            for pos in range(steps):
+            for pos in range(first, first + steps):
                 replies.append(self.decode(token, pos, logits=False))
                 token = replies[-1]["token"]
                 if token is None:
