@@ -8,8 +8,8 @@ one multiply by a precomputed ratio, the ratio times a dynamic scale, round half
 IEEE operation with no fused multiply-add (numba's default: no fast-math), so the results are equal
 bit for bit. `tests/test_compiled.py` checks each kernel against the numpy reference.
 
-Used by `runtime.int8` and `runtime.kernels` when numba is installed (the `fast` extra) and the
-environment does not set MCUSHARD_KERNELS=numpy; otherwise everything runs on numpy.
+Used by `runtime.int8` and `runtime.kernels` unless numba is missing or the environment sets
+MCUSHARD_KERNELS=numpy; then everything runs on numpy.
 """
 
 from __future__ import annotations
@@ -44,13 +44,6 @@ def gemv(wt, x, acc, y):
             acc[o] += acc.dtype.type(wt[j, o]) * xj
     for o in range(out):
         y[o] = acc[o]
-
-
-@_jit
-def residual_rmsnorm(x, psum, ratio, limit, gain, eps_units, q, x_out, y):
-    """`residual_add(x, psum, ratio)` into x_out, then `rmsnorm_int` of it into y; returns the scale."""
-    residual_add(x, psum, ratio, limit, x_out)
-    return rmsnorm_int(x_out, gain, eps_units, q, y)
 
 
 @_jit
@@ -92,6 +85,13 @@ def residual_add(x, psum, ratio, limit, out):
     for i in range(x.shape[0]):
         v = np.int64(np.rint(np.float64(psum[i]) * ratio[i])) + x[i]
         out[i] = min(max(v, -limit), limit)
+
+
+@_jit
+def residual_rmsnorm(x, psum, ratio, limit, gain, eps_units, q, x_out, y):
+    """`residual_add(x, psum, ratio)` into x_out, then `rmsnorm_int` of it into y; returns the scale."""
+    residual_add(x, psum, ratio, limit, x_out)
+    return rmsnorm_int(x_out, gain, eps_units, q, y)
 
 
 @_jit
