@@ -6,7 +6,9 @@ and sends use, and decodes: the host hands every chip the current token and posi
 the I/O: it feeds tokens in and reads logits out), the chips walk their programs, exchanging
 integer partial sums by message passing with the plan's all-reduce algorithm, and finish with an
 argmax all-reduce. The host gathers the logits slices to return the whole vector, checks that the
-chips' argmax agrees with it, and records the bytes each chip sent on each link per token.
+chips' argmax agrees with it, and records the bytes each chip sent on each link per token. For
+greedy decoding (`greedy`) the chips feed that argmax to their next step themselves, and the host
+only collects tokens and counts every few tokens.
 Integer partial sums make the result bit-identical to `LlamaInt8`.
 """
 
@@ -130,9 +132,9 @@ class DistributedLlama(ClusterModel):
 
     def greedy(self, steps: int, start: int = BOS) -> list[int]:
         """`steps` greedy tokens after `start` (as `generate` at temperature 0), decoded by the chips
-        alone: one request, and each chip feeds the argmax all-reduce's token back into its next step,
-        as a cluster without a host in the loop would (one request per `GREEDY_CHUNK` tokens, each
-        within the cluster's timeout). The stats record every step."""
+        alone: each chip feeds the argmax all-reduce's token back into its next step, as a cluster
+        without a host in the loop would; the host sends one request per `GREEDY_CHUNK` tokens (each
+        answered within the cluster's timeout). The stats record every step."""
         if not 0 < steps <= self.cfg.max_seq_len:
             raise McushardError(f"{steps} steps: the model holds 1 to {self.cfg.max_seq_len} positions")
         if not self.chips_know_token:  # e.g. a pipeline: the host carries the token back to the first stage
