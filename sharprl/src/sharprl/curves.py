@@ -8,14 +8,28 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import itertools
 import math
 from pathlib import Path
 
 from sharprl import checkpoint
 from sharprl.errors import SharprlError
 
-COLORS = {"shac": "tab:blue", "shac-sam": "tab:cyan", "shac-asam": "tab:red", "apg": "tab:green", "ppo": "tab:purple"}
+SHADES = {"shac": "Blues", "shac-sam": "Oranges", "shac-asam": "Reds", "apg": "Greens", "ppo": "Purples"}  # colormaps
+
+
+def run_colors(algos: list[str]) -> list:
+    """One colour per run: the runs of one algorithm in shades of its colour map (darkest first), so
+    seeds stay apart and algorithms stay recognisable; unknown algorithms in greys."""
+    import matplotlib
+
+    counts = {a: algos.count(a) for a in algos}
+    seen: dict[str, int] = {}
+    out = []
+    for algo in algos:
+        i = seen[algo] = seen.get(algo, -1) + 1
+        cmap = matplotlib.colormaps[SHADES.get(algo, "Greys")]
+        out.append(cmap(0.9 - 0.5 * i / max(counts[algo] - 1, 1)))  # from 0.9 down to 0.4
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,12 +85,8 @@ def plot_curves(
         ("wall_s", "curves_wall_clock.png", "wall-clock time (min, compilation included)"),
     ):
         fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
-        seen: set[str] = set()
-        extra = itertools.cycle(["tab:cyan", "tab:olive", "tab:brown", "tab:pink", "black"])
-        for curve in curves:
+        for curve, color in zip(curves, run_colors([c.algo for c in curves]), strict=True):
             xs = [x / 60.0 for x in curve.wall_s] if axis == "wall_s" else list(curve.env_steps)
-            color = COLORS.get(curve.algo) if curve.algo not in seen else next(extra)  # a second run of an algo
-            seen.add(curve.algo)
             ax.plot(xs, curve.eval_return, marker="o", ms=3, label=f"{curve.label} (evaluation)", color=color)
             if curve.train_points:
                 tx = [p[1] / 60.0 if axis == "wall_s" else p[0] for p in curve.train_points]
