@@ -32,6 +32,21 @@ def _jit(fn):
 
 
 @_jit
+def _requant(a, ratio, q):
+    """clip(rint(a * ratio), -q, q) as int64 for one integer accumulator a (`int8.requantize`'s step;
+    a caller with a dynamic scale passes ratio * scale, that product rounded first as in numpy)."""
+    return np.int64(min(max(np.rint(np.float64(a) * ratio), -q), q))
+
+
+@_jit
+def _rotate(rot_p, x0, x1, half, frac, q):
+    """One RoPE pair (x0, x1) rotated by rot_p [2, 2] (Q`frac`), rounded and clipped to +-q."""
+    a = (rot_p[0, 0] * x0 + rot_p[0, 1] * x1 + half) >> frac
+    b = (rot_p[1, 0] * x0 + rot_p[1, 1] * x1 + half) >> frac
+    return min(max(a, -q), q), min(max(b, -q), q)
+
+
+@_jit
 def gemv(wt, x, acc, y):
     """y = W @ x for W given transposed, wt int8 [K, out], and an integer x [K]: the rows of wt scaled
     by x[j] are added into acc [out] (int32 when every partial sum fits, which the caller checks:
@@ -75,8 +90,7 @@ def rmsnorm_int(x, gain, eps_units, q, y):
 def requantize_scaled(acc, ratio, scale, q, out):
     """out = clip(rint(acc * (ratio * scale)), -q, q): `int8.requantize(acc, ratio * scale, bits)`."""
     for i in range(acc.shape[0]):
-        t = np.rint(np.float64(acc[i]) * (ratio[i] * scale))
-        out[i] = np.int64(min(max(t, -q), q))
+        out[i] = _requant(acc[i], ratio[i] * scale, q)
 
 
 @_jit
@@ -100,11 +114,7 @@ def rope_rotate(x, rot, frac, q, out):
     half = np.int64(1) << (frac - 1)
     for r in range(x.shape[0]):
         for p in range(rot.shape[0]):
-            x0, x1 = x[r, 2 * p], x[r, 2 * p + 1]
-            a = (rot[p, 0, 0] * x0 + rot[p, 0, 1] * x1 + half) >> frac
-            b = (rot[p, 1, 0] * x0 + rot[p, 1, 1] * x1 + half) >> frac
-            out[r, 2 * p] = min(max(a, -q), q)
-            out[r, 2 * p + 1] = min(max(b, -q), q)
+            out[r, 2 * p], out[r, 2 * p + 1] = _rotate(rot[p], x[r, 2 * p], x[r, 2 * p + 1], half, frac, q)
 
 
 @_jit
@@ -117,10 +127,8 @@ def qkv_rope_cache(acc, ratio, scale, q, rot, frac, n_q_rows, k_cache, v_cache, 
     for r in range(n_q_rows + n_p):
         for p in range(dlen // 2):
             i = r * dlen + 2 * p
-            x0 = np.int64(min(max(np.rint(np.float64(acc[i]) * (ratio[i] * scale)), -q), q))
-            x1 = np.int64(min(max(np.rint(np.float64(acc[i + 1]) * (ratio[i + 1] * scale)), -q), q))
-            a = min(max((rot[p, 0, 0] * x0 + rot[p, 0, 1] * x1 + half) >> frac, -q), q)
-            b = min(max((rot[p, 1, 0] * x0 + rot[p, 1, 1] * x1 + half) >> frac, -q), q)
+            x0, x1 = _requant(acc[i], ratio[i] * scale, q), _requant(acc[i + 1], ratio[i + 1] * scale, q)
+            a, b = _rotate(rot[p], x0, x1, half, frac, q)
             if r < n_q_rows:
                 q_out[r, 2 * p], q_out[r, 2 * p + 1] = a, b
             else:
@@ -129,7 +137,7 @@ def qkv_rope_cache(acc, ratio, scale, q, rot, frac, n_q_rows, k_cache, v_cache, 
     for h in range(n_p):
         for d in range(dlen):
             i = base + h * dlen + d
-            v_cache[h, pos, d] = min(max(np.rint(np.float64(acc[i]) * (ratio[i] * scale)), -q), q)
+            v_cache[h, pos, d] = _requant(acc[i], ratio[i] * scale, q)
 
 
 @_jit
@@ -161,8 +169,7 @@ def attention_heads(q, k_cache, v_cache, t, log2_ratio, out_ratio, qmax_out, exp
                 acc = np.int64(0)
                 for j in range(t):
                     acc += e[j] * np.int64(v_cache[h, j, d])
-                v = np.rint(np.float64(acc) * out_ratio[h, r, 0])
-                out[h, r, d] = np.int64(min(max(v, -qmax_out), qmax_out))
+                out[h, r, d] = _requant(acc, out_ratio[h, r, 0], qmax_out)
 
 
 @_jit
@@ -173,15 +180,13 @@ def swiglu_columns(gate_acc, up_acc, gate_ratio, up_ratio, scale, gate_clip, tab
     hc = out.shape[0]
     top = sig_range << silu_frac
     for i in range(hc):
-        g = np.rint(np.float64(gate_acc[i]) * (gate_ratio[i] * scale))
-        x = np.int64(min(max(g, -gate_clip), gate_clip))
+        x = _requant(gate_acc[i], gate_ratio[i] * scale, gate_clip)
         u = min(max(x, -top), top) + top
         idx = u >> step_shift
         f = steps[idx] * (u & ((np.int64(1) << step_shift) - 1))
         f = ((f + (np.int64(1) << (step_shift - 1))) >> step_shift) + table[idx]
         h = ((f * x + (np.int64(1) << (sig_frac - 1))) >> sig_frac) * up_acc[i]
-        v = np.rint(np.float64(h) * (up_ratio[i] * scale))
-        out[i] = np.int64(min(max(v, -q), q))
+        out[i] = _requant(h, up_ratio[i] * scale, q)
 
 
 @_jit
