@@ -80,12 +80,13 @@ def plot_curves(
 
     out_dir = Path(out_dir)
     paths = []
+    colors = run_colors([c.algo for c in curves])
     for axis, name, xlabel in (
         ("env_steps", "curves_env_steps.png", "training env steps"),
         ("wall_s", "curves_wall_clock.png", "wall-clock time (min, compilation included)"),
     ):
         fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
-        for curve, color in zip(curves, run_colors([c.algo for c in curves]), strict=True):
+        for curve, color in zip(curves, colors, strict=True):
             xs = [x / 60.0 for x in curve.wall_s] if axis == "wall_s" else list(curve.env_steps)
             ax.plot(xs, curve.eval_return, marker="o", ms=3, label=f"{curve.label} (evaluation)", color=color)
             if curve.train_points:
