@@ -12,7 +12,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from sharprl import checkpoint, jobs, landscape, robustness, shac
+from sharprl import checkpoint, jobs, landscape, report, robustness, shac
 from sharprl.envs import Perturbation, make_task
 from sharprl.evaluate import evaluate
 from sharprl.shac_config import preset
@@ -80,6 +80,25 @@ def test_aggregate_pools_episodes_and_seeds():
     assert robustness.grid(rows, "shac", spec).shape == (2, 2)
 
 
+def _noise_rows(algo: str, nominal: float, noisy: float, seed_std: float) -> list[robustness.Row]:
+    """A noise sweep of 3 seeds x 8 episodes with episode std 10 and the given std over seeds."""
+    return [
+        robustness.Row("action_noise", algo, level, 1.0, 1.0, value, 10.0, seed_std, 3, 24)
+        for level, value in ((0.0, nominal), (0.1, noisy), (0.2, noisy))
+    ]
+
+
+def test_noise_claim_needs_a_gap_beyond_the_seed_spread():
+    base = _noise_rows("shac", 1000.0, 400.0, 0.0)
+    # ASAM 100 above SHAC at every noisy level: far beyond the episode spread (SE of the difference 2)
+    held = report.judge(base + _noise_rows("shac-asam", 1000.0, 500.0, 0.0), {})[0]
+    assert held.held is True and "standard error, 2)" in held.evidence
+    # the same means with seeds 150 apart: SE 150 / sqrt(3 - 1) per algorithm, 150 for the difference
+    seedy = _noise_rows("shac", 1000.0, 400.0, 150.0) + _noise_rows("shac-asam", 1000.0, 500.0, 150.0)
+    spread = report.judge(seedy, {})
+    assert spread[0].held is False and "standard error, 150)" in spread[0].evidence
+
+
 def test_robustness_cli_writes_csv_and_plots(run_dir, tmp_path):
     args = ["robustness", str(run_dir), str(run_dir), "--out", str(tmp_path), "--episodes", "3", "--seed", "5"]
     args += ["--noise-levels", "0,0.3", "--friction", "0.5,1", "--mass", "1,1.5", "--grid-noise", "0,0.3"]
@@ -89,6 +108,9 @@ def test_robustness_cli_writes_csv_and_plots(run_dir, tmp_path):
     assert len(lines) == 1 + 2 + 2 + 2 + 4
     for name in ("action_noise", "friction", "mass", "grid"):
         assert (tmp_path / f"robustness_{name}.png").stat().st_size > 1000
+    claims = (tmp_path / "claims.md").read_text().splitlines()[2:]  # SHAC runs only: nothing to compare
+    assert len(claims) == 3 and all("| cartpole |" in c and "not measured" in c for c in claims)
+    assert claims[0] in result.output
     bad = CliRunner().invoke(_app(), ["robustness", str(tmp_path / "nope"), "--out", str(tmp_path)])
     assert bad.exit_code == 2 and "no such run directory" in bad.output
     bad = CliRunner().invoke(_app(), ["robustness", str(run_dir), "--out", str(tmp_path), "--mass", "0,1"])

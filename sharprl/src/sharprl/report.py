@@ -5,7 +5,8 @@ episodes, learning curves from the runs' own evaluations):
 
 1. *SHAC-ASAM tolerates action noise better than SHAC*: held when ASAM's mean return over the
    noisy levels (std > 0) exceeds SHAC's by more than one standard error of the difference (episode
-   spread) AND its retention (that mean / its nominal return) is at least SHAC's.
+   spread, or with several seeds the seed spread where larger) AND its retention (that mean / its
+   nominal return) is at least SHAC's.
 2. *Its friction generalisation is comparable to PPO's*: retention = mean over the friction scales
    other than 1 of return / nominal return; held when ASAM's retention >= PPO's - 0.1.
 3. *It keeps SHAC's sample efficiency*: held when ASAM's mean evaluation return over its learning
@@ -41,13 +42,13 @@ def _mean_returns(rows: Sequence[robustness.Row], sweep: str, algo: str) -> tupl
     return x, mean
 
 
-def learning_curves(runs: Sequence[tuple[Any, dict[str, Any]]], env: str) -> dict[str, dict[str, np.ndarray]]:
-    """algo -> {"env_steps", "wall_s", "eval_return"} (evaluations averaged over seeds)."""
+def learning_curves(runs: Sequence[tuple[str, str | Path]]) -> dict[str, dict[str, np.ndarray]]:
+    """algo -> {"env_steps", "wall_s", "eval_return"} from ``(algo, run_dir)`` pairs, evaluations averaged
+    over each algorithm's runs (cut to the shortest run's evaluations)."""
     per_algo: dict[str, list[list[dict[str, str]]]] = {}
-    for ref, _ in runs:
-        if ref.env == env and ref.main:
-            rows = [r for r in checkpoint.read_metrics(ref.job.out_dir) if r.get("eval_return") not in ("", None)]
-            per_algo.setdefault(ref.algo, []).append(rows)
+    for algo, run_dir in runs:
+        rows = [r for r in checkpoint.read_metrics(run_dir) if r.get("eval_return") not in ("", None)]
+        per_algo.setdefault(algo, []).append(rows)
     out = {}
     for algo, seeds in per_algo.items():
         n = min(len(rows) for rows in seeds)
@@ -73,8 +74,13 @@ def judge(rows: Sequence[robustness.Row], curves: dict[str, dict[str, np.ndarray
             nominal = next(r.mean_return for r in sel if r.action_noise == 0.0)
             noisy = [r for r in sel if r.action_noise > 0.0]
             mean = float(np.mean([r.mean_return for r in noisy]))
-            # standard error of that mean: episode spread of each level, levels averaged
+            # standard error of that mean: episode spread of each level, levels averaged; with several
+            # seeds at least the seed spread (mean of the levels' seed stds bounds the std of the
+            # per-seed means over levels from above)
             se = float(np.sqrt(sum(r.std_return**2 / r.episodes for r in noisy)) / len(noisy))
+            seeds = min(r.seeds for r in noisy)
+            if seeds > 1:
+                se = max(se, float(np.mean([r.std_over_seeds for r in noisy])) / np.sqrt(seeds - 1))
             stats[algo] = (nominal, mean, se, mean / nominal if nominal > 0 else float("nan"))
         (n0, m0, se0, r0), (n1, m1, se1, r1) = stats["shac"], stats["shac-asam"]
         margin = float(np.hypot(se0, se1))
@@ -159,7 +165,7 @@ def write_report(res: StudyResults, command: str) -> Path:
     for env in b.envs:
         env_dir = out / env
         results = [r for ref, r in res.robustness if ref.env == env]
-        curves = learning_curves(res.runs, env)
+        curves = learning_curves([(ref.algo, ref.job.out_dir) for ref, _ in res.runs if ref.env == env and ref.main])
         md += [f"## {env}", ""]
         if curves:
             lc = {a: (c["env_steps"], c["eval_return"]) for a, c in _sorted(curves.items())}
