@@ -254,14 +254,17 @@ def write_outputs(rows: Sequence[Row], spec: SweepSpec, out_dir: str | Path, tit
     return paths
 
 
-def run_sweep(run_dirs: Sequence[str | Path], spec: SweepSpec, out_dir: str | Path, title: str = "") -> list[Row]:
-    """Evaluate every run (per-run JSON cached in out_dir/runs), aggregate, write CSV + PNGs."""
+def run_sweep(
+    run_dirs: Sequence[str | Path], spec: SweepSpec, out_dir: str | Path, title: str = ""
+) -> tuple[list[Row], list[dict[str, Any]]]:
+    """Evaluate every run (per-run JSON cached in out_dir/runs), aggregate, write CSV + PNGs; returns the
+    rows and the per-run results (in ``run_dirs`` order)."""
     if not run_dirs:
         raise SharprlError("robustness needs at least one run directory")
     results = [cached_run_result(d, spec, Path(out_dir) / "runs") for d in run_dirs]
     rows = aggregate(results, spec)
     write_outputs(rows, spec, out_dir, title)
-    return rows
+    return rows, results
 
 
 def cached_run_result(run_dir: str | Path, spec: SweepSpec, cache_dir: Path) -> dict[str, Any]:

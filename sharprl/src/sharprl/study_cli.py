@@ -77,17 +77,16 @@ def robustness(
         seed,
         episode_length or None,
     )
-    rows = rb.run_sweep(run_dirs, spec, out)
+    rows, results = rb.run_sweep(run_dirs, spec, out)
     for r in rows:
         if r.sweep != "grid":
             typer.echo(
                 f"{r.sweep:13s} {r.algo:10s} noise={r.action_noise:<5g} friction={r.friction_scale:<5g} "
                 f"mass={r.mass_scale:<5g} return {r.mean_return:10.2f} +- {r.std_return:.2f} ({r.seeds} seeds)"
             )
-    metas = [checkpoint.load_meta(d) for d in run_dirs]
-    envs = sorted({str(m.get("env", "?")) for m in metas})
+    envs = sorted({res["env"] for res in results})
     if len(envs) == 1:  # the paper's claims, judged on these runs (as `reproduce` does)
-        curves = report.learning_curves([(str(m.get("algo", "?")), d) for m, d in zip(metas, run_dirs)])
+        curves = report.learning_curves([(res["algo"], d) for res, d in zip(results, run_dirs, strict=True)])
         table = report.claims_table(report.judge(rows, curves), envs[0])
         checkpoint.atomic_write_text(out / "claims.md", table + "\n")
         typer.echo(table)
