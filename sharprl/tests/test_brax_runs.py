@@ -148,6 +148,11 @@ def test_cli_errors_are_one_line_with_exit_code_2(tmp_path):
         (["train", "--env", "cartpole", "--algo", "bogus", "--out", str(tmp_path)], "unknown --algo"),
         (["train", "--env", "moon", "--out", str(tmp_path)], "unknown env"),
         (["evaluate", str(tmp_path), "--mass", "-1"], "no checkpoint.msgpack"),
+        (["train", "--env", "cartpole", "--set", "actor_lr=fast", "--out", str(tmp_path)], "expected float"),
+        (["train", "--env", "cartpole", "--set", "lr=1", "--out", str(tmp_path)], "FIELD=VALUE"),
+        (["train", "--env", "cartpole", "--set", "seed=1", "--out", str(tmp_path)], "use --seed"),
+        (["train", "--env", "cartpole", "--set", "gamma=2", "--out", str(tmp_path)], "invalid SHAC config"),
+        (["train", "--algo", "ppo", "--set", "gamma=0.9", "--out", str(tmp_path)], "brax.training"),
     ):
         result = runner.invoke(app, args)
         assert result.exit_code == 2, result.output
@@ -155,6 +160,17 @@ def test_cli_errors_are_one_line_with_exit_code_2(tmp_path):
         assert len(lines) == 1 and text in lines[0] and "Traceback" not in result.output
     with pytest.raises(Exception, match="mass_scale"):
         Perturbation(mass_scale=0.0)
+
+
+def test_cli_set_overrides_the_preset_and_is_recorded(tmp_path):
+    args = ["train", "--env", "cartpole", "--algo", "shac", "--env-steps", "256", "--out", str(tmp_path), "--quiet"]
+    result = runner.invoke(app, [*args, "--set", "actor_lr=5e-4", "--set", "critic_hidden=[16, 8]"])
+    assert result.exit_code == 0, result.output
+    config = checkpoint.load_meta(tmp_path)["config"]
+    assert (config["actor_lr"], config["critic_hidden"], config["epochs"]) == (5e-4, [16, 8], 2)
+    assert config["critic_lr"] == preset("cartpole").critic_lr  # the rest stays the preset's
+    again = runner.invoke(app, [*args, "--resume", "--set", "actor_lr=1e-3"])  # other settings: refused
+    assert again.exit_code == 2 and "cannot resume" in again.output
 
 
 def test_cli_curves_plots_runs(cli_run, tmp_path):

@@ -7,11 +7,13 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from toy_env import tall_task, toy_task
 
 from sharprl import checkpoint, shac
+from sharprl.errors import SharprlError
 from sharprl.evaluate import evaluate
-from sharprl.shac_config import SHACConfig, preset
+from sharprl.shac_config import SHACConfig, parse_overrides, preset
 
 TOY = SHACConfig(
     num_envs=16, horizon=8, epochs=40, actor_hidden=(16,), critic_hidden=(16,), actor_lr=1e-2, critic_lr=1e-2,
@@ -155,3 +157,19 @@ def test_preset_sizes_the_run_after_overrides_that_change_an_epoch():
     cfg = preset("cartpole", "shac", env_steps=150 * 32 * 32, num_envs=32, horizon=32)
     assert (cfg.num_envs, cfg.horizon, cfg.epochs) == (32, 32, 150)
     assert preset("cartpole", "shac", env_steps=1280).epochs == 1280 // (16 * 8)
+
+
+def test_parse_overrides_types_each_field_and_refuses_the_rest():
+    got = parse_overrides(["actor_lr=1e-3", "horizon=16", "actor_hidden=[64, 32]", "remat=false", "activation=tanh"])
+    assert got == {"actor_lr": 1e-3, "horizon": 16, "actor_hidden": (64, 32), "remat": False, "activation": "tanh"}
+    assert parse_overrides(["gamma=1"]) == {"gamma": 1.0} and isinstance(parse_overrides(["gamma=1"])["gamma"], float)
+    for bad, text in (
+        ("horizon=1.5", "expected int"),
+        ("remat=1", "expected bool"),
+        ("actor_hidden=64", "expected"),
+        ("epochs=3", "--env-steps"),
+        ("nope", "FIELD=VALUE"),
+        ("actor_hidden=[1.5]", "expected"),
+    ):
+        with pytest.raises(SharprlError, match=text):
+            parse_overrides([bad])

@@ -47,19 +47,26 @@ def train(
     backend: Annotated[str | None, typer.Option(help="Brax backend (default: best by gradcheck)")] = None,
     episode_length: Annotated[int, typer.Option(help="episode time limit in steps")] = 1000,
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar (one line per evaluation instead)")] = False,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="SHAC config field override FIELD=VALUE, repeatable")
+    ] = None,
 ) -> None:
     """Train a policy; metrics go to OUT/metrics.csv, checkpoints to OUT/checkpoint.msgpack."""
     from sharprl.envs import make_task
+    from sharprl.shac_config import parse_overrides
 
     if algo not in TRAIN_ALGOS:
         raise SharprlError(f"unknown --algo {algo!r}: expected one of {', '.join(TRAIN_ALGOS)}")
+    if set_ and not algo.startswith("shac"):
+        raise SharprlError("--set overrides SHAC config fields; apg and ppo use brax.training's settings")
+    overrides = parse_overrides(set_ or [])
     enable_compilation_cache()
     task = make_task(env, backend, episode_length=episode_length)
     if algo.startswith("shac"):
         from sharprl import shac
         from sharprl.shac_config import preset
 
-        config = preset(env, algo, rho=rho, seed=seed, env_steps=env_steps, episode_length=episode_length)
+        config = preset(env, algo, rho=rho, seed=seed, env_steps=env_steps, episode_length=episode_length, **overrides)
         total = config.epochs * config.env_steps_per_epoch
     else:
         from sharprl import baselines
