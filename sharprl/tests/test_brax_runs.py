@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import jax
@@ -160,6 +162,15 @@ def test_cli_errors_are_one_line_with_exit_code_2(tmp_path):
         assert len(lines) == 1 and text in lines[0] and "Traceback" not in result.output
     with pytest.raises(Exception, match="mass_scale"):
         Perturbation(mass_scale=0.0)
+
+
+def test_cli_json_output_is_parseable_in_a_fresh_process(cli_run):
+    """mujoco.mjx prints to stdout when imported without warp; --json's stdout must stay pure JSON."""
+    out, _ = cli_run
+    cmd = [sys.executable, "-c", "from sharprl.cli import app; app()", "evaluate", str(out), "--episodes", "2"]
+    proc = subprocess.run([*cmd, "--json"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["episodes"] == 2
 
 
 def test_cli_set_overrides_the_preset_and_is_recorded(tmp_path):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,6 +18,17 @@ from sharprl.study_cli import register as register_study_commands
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Sharpness-aware first-order policy learning.")
 
 TRAIN_ALGOS = ("shac", "shac-sam", "shac-asam", "apg", "ppo")
+
+
+@app.callback()
+def _keep_stdout_for_results() -> None:
+    """Import mujoco.mjx (under every Brax import) with its stdout sent to stderr.
+
+    Without the optional ``warp`` package it prints "Failed to import warp" on stdout, which would
+    break the JSON that ``--json`` promises on stdout.
+    """
+    with contextlib.redirect_stdout(sys.stderr):
+        import mujoco.mjx  # noqa: F401
 
 
 def enable_compilation_cache() -> None:
