@@ -15,7 +15,14 @@ from typer.testing import CliRunner
 
 from sharprl import checkpoint, shac
 from sharprl.cli import app
-from sharprl.envs import DEFAULT_BACKEND, Perturbation, healthy_barrier, make_task, perturb_system
+from sharprl.envs import (
+    DEFAULT_BACKEND,
+    Perturbation,
+    healthy_barrier,
+    make_task,
+    perturb_system,
+    upright_barrier,
+)
 from sharprl.evaluate import evaluate
 from sharprl.shac_config import preset
 
@@ -142,6 +149,20 @@ def test_healthy_barrier_is_zero_inside_the_range_and_has_a_gradient_near_its_en
     assert float(jax.grad(at_height)(0.95)) == pytest.approx(10.0)  # d/dz ((z - 0.9) / 0.1)^2
     assert float(jax.grad(at_height)(0.25)) == pytest.approx(-10.0)  # the floor pushes up
     assert float(healthy_barrier(make_task("cartpole").env, None, 0.1)) == 0.0  # no healthy range
+
+
+def test_upright_barrier_is_zero_while_upright_and_one_upside_down():
+    env = make_task("ant", backend="spring").env
+
+    def tilted(angle):  # the torso rotated by ``angle`` about the world x axis; the barrier reads only that
+        rot = jnp.zeros((9, 4)).at[0].set(jnp.array([jnp.cos(angle / 2), jnp.sin(angle / 2), 0.0, 0.0]))
+        return upright_barrier(env, SimpleNamespace(x=SimpleNamespace(rot=rot)), 0.7)
+
+    assert float(tilted(0.5)) == 0.0 and float(jax.grad(tilted)(0.5)) == 0.0  # cos(0.5) = 0.88 > 0.7
+    assert float(tilted(jnp.pi)) == pytest.approx(1.0)  # on its back
+    assert float(tilted(jnp.pi / 2)) == pytest.approx((0.7 / 1.7) ** 2)  # on its side
+    assert float(jax.grad(tilted)(jnp.pi / 2)) == pytest.approx(2 * 0.7 / 1.7**2)  # tipping further costs more
+    assert float(upright_barrier(make_task("cartpole").env, None, 0.7)) == 0.0  # no torso height range
 
 
 def test_cli_errors_are_one_line_with_exit_code_2(tmp_path):

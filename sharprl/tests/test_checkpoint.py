@@ -62,6 +62,9 @@ def test_metrics_append_and_truncate(tmp_path):
     checkpoint.truncate_metrics(tmp_path, 2)
     rows = checkpoint.read_metrics(tmp_path)
     assert [r["epoch"] for r in rows] == ["0", "1"]
+    with pytest.raises(SharprlError, match="columns"):  # a run written by another version: not mixed in
+        checkpoint.append_metrics(tmp_path, {"epoch": 2, "ret": 3.0, "eval_length": 9.0})
+    assert len(checkpoint.read_metrics(tmp_path)) == 2
 
 
 def test_spec_json_round_trip_and_unknown_kind():

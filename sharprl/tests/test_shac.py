@@ -106,6 +106,28 @@ def test_the_healthy_barrier_reaches_the_actor_loss_but_not_the_logged_reward():
     assert float(loss_b) > float(loss_p) and not _leaves_equal(grad_b, grad_p)
 
 
+def test_the_upright_barrier_charges_a_tilted_torso_in_the_actor_loss_only():
+    task = tall_task()  # the torso's tilt is the point mass's first coordinate: up axis z = cos(tilt)
+    upright = dataclasses.replace(TOY, horizon=2, upright_barrier=5.0, upright_min=0.7)
+    plain = dataclasses.replace(upright, upright_barrier=0.0)
+    with_u, without = shac.Learner(upright, task), shac.Learner(plain, task)
+    state = with_u.init(jax.random.PRNGKey(3))
+    tilts = jnp.tile(jnp.array([2.5, 0.1, -1.2, 0.5]), TOY.num_envs // 4)  # (n,): tipped, upright, tipped, upright
+    starts = state.env_state.obs.at[:, 0].set(tilts).at[:, 2].set(0.6).at[:, 3:].set(0.0)  # heights inside
+    state = state.replace(env_state=state.env_state.replace(obs=starts))
+    resets = jax.vmap(task.reset)(jax.random.split(jax.random.PRNGKey(4), TOY.num_envs))
+    args = (state.actor_params, state, resets, jax.random.PRNGKey(5))
+    (loss_u, (traj_u, _, _)), grad_u = jax.value_and_grad(with_u.rollout_loss, has_aux=True)(*args)
+    (loss_p, (traj_p, _, _)), grad_p = jax.value_and_grad(without.rollout_loss, has_aux=True)(*args)
+    np.testing.assert_array_equal(traj_u["raw_reward"], traj_p["raw_reward"])
+    penalty = (traj_p["reward"][0] - traj_u["reward"][0]) / (upright.reward_scale * upright.upright_barrier)  # (n,)
+    tilt = traj_u["obs"][1][:, 0]  # (n,) tilt after the first step
+    expected = (jnp.maximum(0.7 - jnp.cos(tilt), 0.0) / 1.7) ** 2
+    np.testing.assert_allclose(penalty, expected, rtol=1e-4, atol=1e-6)
+    assert float(penalty[0]) > 0.5 and float(penalty[1]) == 0.0 and float(penalty[2]) > 0.0
+    assert float(loss_u) > float(loss_p) and not _leaves_equal(grad_u, grad_p)
+
+
 def test_actor_loss_is_the_windows_discounted_returns_plus_bootstrapped_values():
     # episodes of 6 steps inside windows of 8: truncations cut windows early, and those bootstrap too
     cfg = dataclasses.replace(TOY, episode_length=6, remat=False)

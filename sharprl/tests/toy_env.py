@@ -48,11 +48,14 @@ def toy_task(episode_length: int = 50, poison_step: int = -1) -> Task:
 class ToyBody:
     """The part of a Brax pipeline state that ``sharprl.envs.healthy_barrier`` reads: link 0's pose."""
 
-    x: Transform  # pos: (1, 3), link 0 = the torso
+    x: Transform  # pos: (1, 3), rot: (1, 4); link 0 = the torso
 
 
 class TallPointMass(PointMass):
-    """A 3-D point mass whose third coordinate is a torso height with Brax Ant's healthy z range."""
+    """A 3-D point mass whose third coordinate is a torso height with Brax Ant's healthy z range.
+
+    Its first coordinate doubles as the torso's tilt (radians about the x axis), for the upright barrier.
+    """
 
     _healthy_z_range = (0.2, 1.0)
 
@@ -61,7 +64,9 @@ class TallPointMass(PointMass):
 
     @staticmethod
     def _with_body(state: State) -> State:
-        return state.replace(pipeline_state=ToyBody(Transform.create(pos=state.obs[None, :3])))
+        tilt = state.obs[0]  # the torso's rotation about the world x axis: its up axis has z = cos(tilt)
+        rot = jnp.array([jnp.cos(tilt / 2), jnp.sin(tilt / 2), 0.0, 0.0])[None]  # (1, 4) quaternion (w, x, y, z)
+        return state.replace(pipeline_state=ToyBody(Transform.create(pos=state.obs[None, :3], rot=rot)))
 
     def reset(self, rng: jax.Array) -> State:
         return self._with_body(super().reset(rng))

@@ -155,7 +155,7 @@ class _Run:
         self.last_steps, self.last_s = env_steps, now_s
         row = {"epoch": self.epoch, "env_steps": env_steps, "wall_s": round(wall, 3),
                "eval_return": res.mean_return, "eval_return_std": res.std_return,
-               "steps_per_s": round(rate, 1), **extra}
+               "eval_length": res.mean_length, "steps_per_s": round(rate, 1), **extra}
         self.rows = checkpoint.append_metrics(self.run_dir, row)
         self.epoch += 1
         meta = {**self.base_meta, "epoch": self.epoch, "env_steps": env_steps, "wall_s": wall,

@@ -185,6 +185,11 @@ def append_metrics(run_dir: Path | str, row: dict[str, Any]) -> int:
     path = Path(run_dir) / METRICS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     new = not path.is_file() or path.stat().st_size == 0
+    if not new:
+        with path.open(newline="") as handle:
+            header = next(csv.reader(handle), [])
+        if header != list(row):
+            raise SharprlError(f"{path}: its columns {header} are not this version's {list(row)}; use a new --out")
     with path.open("a", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(row))
         if new:

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import optax
 
 from sharprl import checkpoint, networks, sharpness
-from sharprl.envs import Task, healthy_barrier
+from sharprl.envs import Task, healthy_barrier, upright_barrier
 from sharprl.errors import SharprlError
 from sharprl.evaluate import evaluate
 from sharprl.returns import RETURN_WINDOW, finished_returns, mean_training_return
@@ -135,6 +135,12 @@ class Learner:
         def obs_norm(obs):
             return obs if norm is None else networks.normalize(obs, norm)
 
+        def barriers(pipeline_state):  # () one env's training-only penalties, weighted
+            total = cfg.healthy_barrier * healthy_barrier(task.env, pipeline_state, cfg.healthy_margin)
+            if cfg.upright_barrier:
+                total += cfg.upright_barrier * upright_barrier(task.env, pipeline_state, cfg.upright_min)
+            return total
+
         def step(carry, inputs):
             env_state, ep_step, disc, rew_acc = carry  # (n,) each except env_state
             rng_t, last = inputs
@@ -144,11 +150,9 @@ class Learner:
             nxt = jax.vmap(task.step)(env_state, action, jax.random.split(rng_noise, n))
             finite = jnp.all(jnp.isfinite(nxt.obs), axis=-1) & jnp.isfinite(nxt.reward)  # (n,)
             reward = jnp.where(finite, nxt.reward, 0.0)  # (n,) raw
-            if cfg.healthy_barrier:
-                barrier = jax.vmap(lambda p: healthy_barrier(task.env, p, cfg.healthy_margin))(nxt.pipeline_state)
-                shaped = reward - cfg.healthy_barrier * jnp.where(finite, barrier, 0.0)  # (n,)
-            else:
-                shaped = reward
+            shaped = reward  # (n,)
+            if cfg.healthy_barrier or cfg.upright_barrier:
+                shaped = reward - jnp.where(finite, jax.vmap(barriers)(nxt.pipeline_state), 0.0)
             ep_step = ep_step + 1
             terminated = (nxt.done > 0.5) | ~finite
             done = terminated | (ep_step >= cfg.episode_length)
@@ -357,6 +361,7 @@ def train(
             "train_return": mean_training_return(state),
             "eval_return": "",
             "eval_return_std": "",
+            "eval_length": "",
             "actor_loss": float(m["actor_loss"]),
             "critic_loss": float(m["critic_loss"]),
             "grad_norm": float(m["grad_norm"]),
@@ -374,6 +379,7 @@ def train(
                 seed=config.seed + 1,
             )
             row["eval_return"], row["eval_return_std"] = res.mean_return, res.std_return
+            row["eval_length"] = res.mean_length  # below episode_length: episodes ended early
         rows.append(row)
         if run_dir is not None:
             checkpoint.append_metrics(run_dir, row)

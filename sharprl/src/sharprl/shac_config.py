@@ -42,6 +42,8 @@ class SHACConfig:
     reward_scale: float = 1.0  # multiplies rewards inside the losses (logged returns are raw)
     healthy_barrier: float = 0.0  # training-only penalty weight as the body nears its healthy range's ends
     healthy_margin: float = 0.1  # width of that barrier, in the range's units (m for heights, rad for angles)
+    upright_barrier: float = 0.0  # training-only penalty weight on a torso tilting past upright_min (ant, humanoid)
+    upright_min: float = 0.7  # smallest world-z component of the torso's up axis that costs nothing
     remat: bool = True  # recompute each rollout step in the backward pass (less memory traffic; same gradient)
     normalize_observations: bool = True  # running mean/std observation normalisation
     episode_length: int = 1000  # time limit; truncated episodes bootstrap from the target critic
@@ -68,6 +70,8 @@ class SHACConfig:
             "rho": self.rho >= 0.0,
             "healthy_barrier": self.healthy_barrier >= 0.0,
             "healthy_margin": self.healthy_margin > 0.0,
+            "upright_barrier": self.upright_barrier >= 0.0,
+            "upright_min": -1.0 < self.upright_min < 1.0,
             "sharpness": self.sharpness in (None, "sam", "asam"),
             "episode_length": self.episode_length >= 1,
             "eval_episodes": self.eval_episodes >= 1,
