@@ -172,7 +172,7 @@ def test_presets_hold_the_reference_ant_settings():
     assert (cfg.gamma, cfg.td_lambda, cfg.critic_iterations, cfg.episode_length) == (0.99, 0.95, 16, 1000)
     assert (cfg.sharpness, cfg.rho, cfg.seed, cfg.epochs) == ("asam", 0.5, 3, 488)
     assert preset("ant", "shac-sam").rho == 0.05 and preset("ant").sharpness is None
-    assert (cfg.healthy_barrier, cfg.healthy_margin, cfg.layer_norm) == (5.0, 0.1, False)
+    assert (cfg.healthy_barrier, cfg.healthy_margin, cfg.upright_barrier, cfg.layer_norm) == (20.0, 0.2, 20.0, False)
 
 
 def test_preset_sizes_the_run_after_overrides_that_change_an_epoch():

@@ -92,7 +92,7 @@ class SHACConfig:
 
 
 PRESETS: dict[str, SHACConfig] = {
-    "ant": SHACConfig(healthy_barrier=5.0),
+    "ant": SHACConfig(healthy_barrier=20.0, healthy_margin=0.2, upright_barrier=20.0),
     "halfcheetah": SHACConfig(),
     "hopper": SHACConfig(num_envs=256, critic_lr=2e-4),
     "humanoid": SHACConfig(
