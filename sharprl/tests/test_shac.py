@@ -84,20 +84,30 @@ def test_sam_leaves_the_critic_and_normaliser_as_plain_shac_does():
     assert not _leaves_equal(s_plain.actor_params, s_sam.actor_params)
 
 
-def test_the_healthy_barrier_reaches_the_actor_loss_but_not_the_logged_reward():
-    task = tall_task()  # torso height = the point mass's third coordinate, healthy range (0.2, 1.0)
-    barrier = dataclasses.replace(TOY, horizon=2, healthy_barrier=5.0, healthy_margin=0.1)
-    plain = dataclasses.replace(barrier, healthy_barrier=0.0)
-    with_b, without = shac.Learner(barrier, task), shac.Learner(plain, task)
-    state = with_b.init(jax.random.PRNGKey(3))
-    heights = jnp.tile(jnp.array([0.97, 0.5, 0.25, 0.6]), TOY.num_envs // 4)  # (n,): top, inside, floor, inside
-    starts = state.env_state.replace(obs=state.env_state.obs.at[:, 2].set(heights).at[:, 3:].set(0.0))
-    state = state.replace(env_state=starts)
+def _with_and_without(shaped: SHACConfig, plain: SHACConfig, set_obs):
+    """Rollout loss, trajectory and gradient of ``shaped`` and ``plain`` on the tall toy from the same starts
+    (``set_obs``: (n, obs) -> (n, obs)), keys and resets; checks that the logged (raw) reward is the same."""
+    task = tall_task()
+    learners = shac.Learner(shaped, task), shac.Learner(plain, task)
+    state = learners[0].init(jax.random.PRNGKey(3))
+    state = state.replace(env_state=state.env_state.replace(obs=set_obs(state.env_state.obs)))
     resets = jax.vmap(task.reset)(jax.random.split(jax.random.PRNGKey(4), TOY.num_envs))
     args = (state.actor_params, state, resets, jax.random.PRNGKey(5))
-    (loss_b, (traj_b, _, _)), grad_b = jax.value_and_grad(with_b.rollout_loss, has_aux=True)(*args)
-    (loss_p, (traj_p, _, _)), grad_p = jax.value_and_grad(without.rollout_loss, has_aux=True)(*args)
-    np.testing.assert_array_equal(traj_b["raw_reward"], traj_p["raw_reward"])  # what is logged is Brax's reward
+    out = [jax.value_and_grad(learner.rollout_loss, has_aux=True)(*args) for learner in learners]
+    (loss_s, (traj_s, _, _)), grad_s = out[0]
+    (loss_p, (traj_p, _, _)), grad_p = out[1]
+    np.testing.assert_array_equal(traj_s["raw_reward"], traj_p["raw_reward"])  # what is logged is Brax's reward
+    return (loss_s, traj_s, grad_s), (loss_p, traj_p, grad_p)
+
+
+def test_the_healthy_barrier_reaches_the_actor_loss_but_not_the_logged_reward():
+    # tall toy: torso height = the point mass's third coordinate, healthy range (0.2, 1.0)
+    barrier = dataclasses.replace(TOY, horizon=2, healthy_barrier=5.0, healthy_margin=0.1)
+    plain = dataclasses.replace(barrier, healthy_barrier=0.0)
+    heights = jnp.tile(jnp.array([0.97, 0.5, 0.25, 0.6]), TOY.num_envs // 4)  # (n,): top, inside, floor, inside
+    (loss_b, traj_b, grad_b), (loss_p, traj_p, grad_p) = _with_and_without(
+        barrier, plain, lambda obs: obs.at[:, 2].set(heights).at[:, 3:].set(0.0)
+    )
     penalty = (traj_p["reward"][0] - traj_b["reward"][0]) / (barrier.reward_scale * barrier.healthy_barrier)  # (n,)
     z = traj_b["obs"][1][:, 2]  # (n,) height after the first step
     expected = jnp.maximum(z - 0.9, 0.0) ** 2 / 0.01 + jnp.maximum(0.3 - z, 0.0) ** 2 / 0.01
@@ -107,19 +117,13 @@ def test_the_healthy_barrier_reaches_the_actor_loss_but_not_the_logged_reward():
 
 
 def test_the_upright_barrier_charges_a_tilted_torso_in_the_actor_loss_only():
-    task = tall_task()  # the torso's tilt is the point mass's first coordinate: up axis z = cos(tilt)
+    # tall toy: the torso's tilt is the point mass's first coordinate, its up axis has z = cos(tilt)
     upright = dataclasses.replace(TOY, horizon=2, upright_barrier=5.0, upright_min=0.7)
     plain = dataclasses.replace(upright, upright_barrier=0.0)
-    with_u, without = shac.Learner(upright, task), shac.Learner(plain, task)
-    state = with_u.init(jax.random.PRNGKey(3))
     tilts = jnp.tile(jnp.array([2.5, 0.1, -1.2, 0.5]), TOY.num_envs // 4)  # (n,): tipped, upright, tipped, upright
-    starts = state.env_state.obs.at[:, 0].set(tilts).at[:, 2].set(0.6).at[:, 3:].set(0.0)  # heights inside
-    state = state.replace(env_state=state.env_state.replace(obs=starts))
-    resets = jax.vmap(task.reset)(jax.random.split(jax.random.PRNGKey(4), TOY.num_envs))
-    args = (state.actor_params, state, resets, jax.random.PRNGKey(5))
-    (loss_u, (traj_u, _, _)), grad_u = jax.value_and_grad(with_u.rollout_loss, has_aux=True)(*args)
-    (loss_p, (traj_p, _, _)), grad_p = jax.value_and_grad(without.rollout_loss, has_aux=True)(*args)
-    np.testing.assert_array_equal(traj_u["raw_reward"], traj_p["raw_reward"])
+    (loss_u, traj_u, grad_u), (loss_p, traj_p, grad_p) = _with_and_without(
+        upright, plain, lambda obs: obs.at[:, 0].set(tilts).at[:, 2].set(0.6).at[:, 3:].set(0.0)  # heights inside
+    )
     penalty = (traj_p["reward"][0] - traj_u["reward"][0]) / (upright.reward_scale * upright.upright_barrier)  # (n,)
     tilt = traj_u["obs"][1][:, 0]  # (n,) tilt after the first step
     expected = (jnp.maximum(0.7 - jnp.cos(tilt), 0.0) / 1.7) ** 2
