@@ -164,7 +164,7 @@ def upright_barrier(env: PipelineEnv, pipeline_state, min_up: float) -> jax.Arra
     """
     if getattr(env, "_healthy_z_range", None) is None or hasattr(env, "_healthy_angle_range"):
         return jnp.zeros(())
-    w, x, y, _ = pipeline_state.x.rot[0]  # torso quaternion (w, x, y, z)
+    _, x, y, _ = pipeline_state.x.rot[0]  # torso quaternion (w, x, y, z)
     up_z = 1.0 - 2.0 * (x**2 + y**2)  # world-z component of the torso's up axis
     return (jax.nn.relu(min_up - up_z) / (1.0 + min_up)) ** 2
 
