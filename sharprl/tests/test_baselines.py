@@ -74,6 +74,9 @@ def test_checkpoint_loads_into_shared_evaluation(which, task, request):
     assert res.mean_return == pytest.approx(float(rows[-1]["eval_return"]), rel=1e-5)
     # Observation statistics were collected during training and saved with the weights.
     assert int(loaded.params[0].count.lo) > 0
+    best = checkpoint.load_meta(run_dir / checkpoint.BEST_DIR)  # the best evaluation's policy, kept apart
+    top = max(rows, key=lambda r: float(r["eval_return"]))
+    assert best["eval_return"] == float(top["eval_return"]) and best["env_steps"] == int(top["env_steps"])
 
 
 def test_ppo_resume_continues_steps_and_rows(ppo_dir, task, tmp_path):

@@ -83,6 +83,9 @@ def test_cli_evaluate_is_deterministic_and_takes_perturbations(cli_run):
     assert json.loads(other.output.strip().splitlines()[-1])["returns"] != a["returns"]
     noisy = runner.invoke(app, ["evaluate", str(out), "--episodes", "4", "--action-noise", "0.3", "--mass", "1.5"])
     assert noisy.exit_code == 0 and "return" in noisy.output and "noise 0.3" in noisy.output
+    best = runner.invoke(app, ["evaluate", str(out / checkpoint.BEST_DIR), "--episodes", "4", "--json"])
+    assert best.exit_code == 0, best.output  # the best-evaluated policy (here the only evaluation's)
+    assert json.loads(best.output.strip().splitlines()[-1])["returns"] == a["returns"]
 
 
 def test_zero_perturbation_equals_nominal_and_real_ones_change_returns(cli_run):

@@ -71,3 +71,24 @@ def test_spec_json_round_trip_and_unknown_kind():
     assert networks.PolicySpec.from_json(SPEC.to_json()) == SPEC
     with pytest.raises(SharprlError, match="unknown policy kind"):
         networks.policy_factory(networks.PolicySpec(3, 1, kind="nope"))
+
+
+def test_best_keeps_the_highest_finite_evaluation_and_a_fresh_start_forgets_it(tmp_path):
+    params = _params()
+    worse = jax.tree.map(lambda x: x * 0, params)
+    best = tmp_path / checkpoint.BEST_DIR
+    assert checkpoint.save_best(tmp_path, spec=SPEC, policy_params=params, meta={"epoch": 1}, eval_return=5.0)
+    for epoch, value in ((2, 4.0), (3, 5.0), (4, float("nan"))):  # lower, equal, non-finite: kept out
+        assert not checkpoint.save_best(tmp_path, spec=SPEC, policy_params=worse, meta={"epoch": epoch},
+                                        eval_return=value)  # fmt: skip
+    loaded = checkpoint.load_policy(best)
+    assert loaded.meta["epoch"] == 1 and loaded.meta["eval_return"] == 5.0
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(loaded.params), jax.tree.leaves(params)))
+    assert checkpoint.save_best(tmp_path, spec=SPEC, policy_params=worse, meta={"epoch": 5}, eval_return=6.0)
+    assert checkpoint.load_meta(best)["epoch"] == 5
+    (best / checkpoint.CHECKPOINT_FILE).write_bytes(b"forged")  # never silently replaced
+    with pytest.raises(SharprlError, match="unreadable"):
+        checkpoint.save_best(tmp_path, spec=SPEC, policy_params=params, meta={}, eval_return=9.0)
+    checkpoint.append_metrics(tmp_path, {"epoch": 1})
+    checkpoint.start_fresh(tmp_path)
+    assert not best.exists() and checkpoint.read_metrics(tmp_path) == []

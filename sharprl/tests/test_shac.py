@@ -169,6 +169,18 @@ def test_non_finite_gradient_skips_the_update_and_is_reported(tmp_path):
     assert [r["skipped_actor"] for r in checkpoint.read_metrics(tmp_path)] == ["0", "1", "1", "1"]
 
 
+def test_the_best_evaluated_policy_is_kept_beside_the_last_one(tmp_path):
+    cfg = dataclasses.replace(TOY, epochs=6, eval_every_epochs=1, checkpoint_every_epochs=3)
+    task = toy_task()
+    shac.train(cfg, task, run_dir=tmp_path)
+    rows = checkpoint.read_metrics(tmp_path)
+    top = max(rows, key=lambda r: float(r["eval_return"]))
+    best = checkpoint.load_policy(tmp_path / checkpoint.BEST_DIR)
+    assert best.meta["eval_return"] == float(top["eval_return"]) and best.meta["epoch"] == int(top["epoch"])
+    again = evaluate(best.make_policy, best.params, task, episodes=cfg.eval_episodes, seed=cfg.seed + 1)
+    assert again.mean_return == pytest.approx(best.meta["eval_return"], rel=1e-6)  # the evaluated parameters
+
+
 def test_presets_hold_the_reference_ant_settings():
     cfg = preset("ant", "shac-asam", seed=3, env_steps=1_000_000)
     assert (cfg.num_envs, cfg.horizon, cfg.actor_hidden, cfg.critic_hidden) == (64, 32, (128, 64, 32), (64, 64))

@@ -160,10 +160,11 @@ class _Run:
         self.epoch += 1
         meta = {**self.base_meta, "epoch": self.epoch, "env_steps": env_steps, "wall_s": wall,
                 "metrics_rows": self.rows, "nonfinite_checkpoints_skipped": self.nonfinite_skipped}
-        try:
-            checkpoint.save(self.run_dir, spec=self.spec, policy_params=policy_params, meta=meta,
-                            train_state=train_state)
-        except SharprlError:
+        if checkpoint.all_finite(policy_params) and checkpoint.all_finite(train_state):
+            policy = {"spec": self.spec, "policy_params": policy_params, "meta": meta}
+            checkpoint.save(self.run_dir, train_state=train_state, **policy)
+            checkpoint.save_best(self.run_dir, eval_return=res.mean_return, **policy)
+        else:
             self.nonfinite_skipped += 1  # keep the previous checkpoint; reported in the next meta
         self.on_row(row)
 
@@ -172,8 +173,7 @@ def _start(run_dir: Path, algo: str, resume: bool) -> tuple[dict[str, Any] | Non
     """Prepare ``run_dir``; returns (checkpoint meta or None, metrics rows to keep)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     if not checkpoint.has_checkpoint(run_dir):
-        if checkpoint.read_metrics(run_dir):
-            checkpoint.truncate_metrics(run_dir, 0)
+        checkpoint.start_fresh(run_dir)
         return None, 0
     if not resume:
         raise SharprlError(f"{run_dir}: already holds a checkpoint; pass --resume or another --out")

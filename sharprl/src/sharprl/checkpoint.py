@@ -8,6 +8,8 @@ A run directory holds
   normaliser, RNG, epoch counter) for ``--resume``.
 - ``metrics.csv``: one row per logged epoch. ``meta["metrics_rows"]`` records how many rows the
   checkpoint covers; on resume rows beyond it are dropped and rewritten by the resumed run.
+- ``best/checkpoint.msgpack``: the policy of the highest deterministic evaluation so far (policy only,
+  ``meta["eval_return"]`` its return), itself a directory ``sharprl evaluate`` and ``robustness`` read.
 
 ``meta`` always holds ``policy_spec`` (see :class:`sharprl.networks.PolicySpec`), ``algo``, ``env``,
 ``backend``, ``epoch`` and ``env_steps``; algorithms may add more.
@@ -18,7 +20,9 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -39,6 +43,7 @@ from sharprl.networks import (
 
 CHECKPOINT_FILE = "checkpoint.msgpack"
 METRICS_FILE = "metrics.csv"
+BEST_DIR = "best"  # sub-directory holding the best-evaluated policy of a run
 FORMAT_VERSION = 1
 
 
@@ -107,6 +112,33 @@ def save(
     path = run_dir / CHECKPOINT_FILE
     atomic_write_bytes(path, serialization.msgpack_serialize(blob))
     return path
+
+
+def save_best(
+    run_dir: Path | str, *, spec: PolicySpec, policy_params: Params, meta: dict[str, Any], eval_return: float
+) -> bool:
+    """Keep ``policy_params`` in ``run_dir/best`` if ``eval_return`` beats the evaluation stored there.
+
+    Returns whether it was saved. A non-finite return never is; an unreadable ``best`` is an error
+    (SharprlError), not silently replaced.
+    """
+    best = Path(run_dir) / BEST_DIR
+    if not math.isfinite(eval_return):
+        return False
+    if has_checkpoint(best):
+        stored = load_meta(best).get("eval_return")
+        if not isinstance(stored, (int, float)):
+            raise SharprlError(f"{best}: checkpoint metadata lacks a numeric eval_return")
+        if eval_return <= stored:
+            return False
+    save(best, spec=spec, policy_params=policy_params, meta={**meta, "eval_return": float(eval_return)})
+    return True
+
+
+def start_fresh(run_dir: Path | str) -> None:
+    """Forget what an aborted run (one with no checkpoint) left in ``run_dir``: metrics and best policy."""
+    (Path(run_dir) / METRICS_FILE).unlink(missing_ok=True)
+    shutil.rmtree(Path(run_dir) / BEST_DIR, ignore_errors=True)
 
 
 def _read_blob(run_dir: Path | str) -> dict[str, Any]:

@@ -345,8 +345,7 @@ def train(
     elif run_dir is not None and checkpoint.has_checkpoint(run_dir):
         raise SharprlError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another --out")
     elif run_dir is not None:
-        checkpoint.truncate_metrics(run_dir, 0)
-        (Path(run_dir) / checkpoint.METRICS_FILE).unlink(missing_ok=True)
+        checkpoint.start_fresh(run_dir)
     start_s = time.perf_counter()
     last_s, last_steps = start_s, int(state.epoch) * config.env_steps_per_epoch
     while int(state.epoch) < config.epochs:
@@ -383,17 +382,13 @@ def train(
         rows.append(row)
         if run_dir is not None:
             checkpoint.append_metrics(run_dir, row)
+            meta = {**meta_base, "epoch": epoch, "env_steps": env_steps, "metrics_rows": len(rows)}
+            meta["wall_s"] = row["wall_s"]
+            policy = {"spec": learner.spec, "policy_params": learner.policy_params(state), "meta": meta}
+            if row["eval_return"] != "":
+                checkpoint.save_best(run_dir, eval_return=row["eval_return"], **policy)
             if epoch % config.checkpoint_every_epochs == 0 or epoch == config.epochs:
-                meta = {
-                    **meta_base,
-                    "epoch": epoch,
-                    "env_steps": env_steps,
-                    "metrics_rows": len(rows),
-                    "wall_s": row["wall_s"],
-                }
-                checkpoint.save(
-                    run_dir, spec=learner.spec, policy_params=learner.policy_params(state), meta=meta, train_state=state
-                )
+                checkpoint.save(run_dir, train_state=state, **policy)
         if progress_fn is not None:
             progress_fn(row)
     return learner.make_policy, learner.policy_params(state), rows
