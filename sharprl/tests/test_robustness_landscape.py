@@ -99,6 +99,16 @@ def test_noise_claim_needs_a_gap_beyond_the_seed_spread():
     assert spread[0].held is False and "standard error, 150)" in spread[0].evidence
 
 
+def test_a_best_policy_is_judged_with_its_runs_learning_curve(tmp_path):
+    for step, ret in ((100, 1.0), (200, 3.0)):
+        checkpoint.append_metrics(tmp_path, {"env_steps": step, "wall_s": step / 10, "eval_return": ret})
+    (tmp_path / checkpoint.BEST_DIR).mkdir()
+    assert checkpoint.run_root(tmp_path / checkpoint.BEST_DIR) == tmp_path
+    assert checkpoint.run_root(tmp_path) == tmp_path
+    curves = report.learning_curves([("shac", tmp_path / checkpoint.BEST_DIR)])
+    np.testing.assert_array_equal(curves["shac"]["eval_return"], [1.0, 3.0])
+
+
 def test_robustness_cli_writes_csv_and_plots(run_dir, tmp_path):
     args = ["robustness", str(run_dir), str(run_dir), "--out", str(tmp_path), "--episodes", "3", "--seed", "5"]
     args += ["--noise-levels", "0,0.3", "--friction", "0.5,1", "--mass", "1,1.5", "--grid-noise", "0,0.3"]

@@ -135,6 +135,12 @@ def save_best(
     return True
 
 
+def run_root(run_dir: Path | str) -> Path:
+    """The run directory itself, or for its ``best`` policy the run it belongs to (whose metrics it has)."""
+    run_dir = Path(run_dir)
+    return run_dir.parent if run_dir.name == BEST_DIR and (run_dir.parent / METRICS_FILE).is_file() else run_dir
+
+
 def start_fresh(run_dir: Path | str) -> None:
     """Forget what an aborted run (one with no checkpoint) left in ``run_dir``: metrics and best policy."""
     (Path(run_dir) / METRICS_FILE).unlink(missing_ok=True)

@@ -47,7 +47,8 @@ def learning_curves(runs: Sequence[tuple[str, str | Path]]) -> dict[str, dict[st
     over each algorithm's runs (cut to the shortest run's evaluations)."""
     per_algo: dict[str, list[list[dict[str, str]]]] = {}
     for algo, run_dir in runs:
-        rows = [r for r in checkpoint.read_metrics(run_dir) if r.get("eval_return") not in ("", None)]
+        rows = checkpoint.read_metrics(checkpoint.run_root(run_dir))  # a best/ policy: its run's curve
+        rows = [r for r in rows if r.get("eval_return") not in ("", None)]
         per_algo.setdefault(algo, []).append(rows)
     out = {}
     for algo, seeds in per_algo.items():
