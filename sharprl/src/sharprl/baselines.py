@@ -142,7 +142,7 @@ class _Run:
     last_steps: int = 0  # env steps at the previous row
 
     def record(self, steps_this_run: int, make_policy, params: Params, train_state: Any, extra: dict) -> None:
-        """Evaluate ``params``, append a metrics row, checkpoint (policy + ``train_state``)."""
+        """Evaluate ``params``, append a metrics row, checkpoint (policy + ``train_state``), keep the best."""
         env_steps = self.env_steps_before + int(steps_this_run)
         # Strong-typed leaves: brax's initial parameters hold weak-typed scalars, its later ones do not,
         # and the compiled evaluation would otherwise be built twice.

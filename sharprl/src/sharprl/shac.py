@@ -317,7 +317,8 @@ def train(
     """Train SHAC / SHAC-SAM / SHAC-ASAM; returns ``(make_policy, policy_params, metrics rows)``.
 
     With ``run_dir``, metrics go to ``metrics.csv`` and checkpoints (policy + full training state) are
-    written every ``checkpoint_every_epochs`` epochs and at the end; ``resume=True`` continues from
+    written every ``checkpoint_every_epochs`` epochs and at the end, the best-evaluated policy to
+    ``best/`` (:func:`checkpoint.save_best`); ``resume=True`` continues from
     the last checkpoint there (the metrics rows after it are dropped and recomputed).
     """
     learner = learner_for(config, task)
