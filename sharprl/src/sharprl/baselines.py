@@ -160,12 +160,13 @@ class _Run:
         self.epoch += 1
         meta = {**self.base_meta, "epoch": self.epoch, "env_steps": env_steps, "wall_s": wall,
                 "metrics_rows": self.rows, "nonfinite_checkpoints_skipped": self.nonfinite_skipped}
-        if checkpoint.all_finite(policy_params) and checkpoint.all_finite(train_state):
-            policy = {"spec": self.spec, "policy_params": policy_params, "meta": meta}
+        policy = {"spec": self.spec, "policy_params": policy_params, "meta": meta}
+        try:
             checkpoint.save(self.run_dir, train_state=train_state, **policy)
-            checkpoint.save_best(self.run_dir, eval_return=res.mean_return, **policy)
-        else:
+        except SharprlError:
             self.nonfinite_skipped += 1  # keep the previous checkpoint; reported in the next meta
+        else:
+            checkpoint.save_best(self.run_dir, eval_return=res.mean_return, **policy)
         self.on_row(row)
 
 

@@ -383,8 +383,13 @@ def train(
         rows.append(row)
         if run_dir is not None:
             checkpoint.append_metrics(run_dir, row)
-            meta = {**meta_base, "epoch": epoch, "env_steps": env_steps, "metrics_rows": len(rows)}
-            meta["wall_s"] = row["wall_s"]
+            meta = {
+                **meta_base,
+                "epoch": epoch,
+                "env_steps": env_steps,
+                "metrics_rows": len(rows),
+                "wall_s": row["wall_s"],
+            }
             policy = {"spec": learner.spec, "policy_params": learner.policy_params(state), "meta": meta}
             if row["eval_return"] != "":
                 checkpoint.save_best(run_dir, eval_return=row["eval_return"], **policy)
