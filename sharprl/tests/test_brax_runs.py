@@ -210,9 +210,10 @@ def test_cli_set_overrides_the_preset_and_is_recorded(tmp_path):
 
 def test_cli_curves_plots_runs(cli_run, tmp_path):
     out, _ = cli_run
-    result = runner.invoke(app, ["curves", str(out), "--out", str(tmp_path), "--title", "cartpole"])
+    args = ["curves", str(out), "--out", str(tmp_path), "--title", "cartpole", "--baseline", str(out)]
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "shac-asam seed 0" in result.output
+    assert "shac-asam seed 0" in result.output and "(1.0x)" in result.output  # itself as baseline
     for name in ("curves_env_steps.png", "curves_wall_clock.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
     bad = runner.invoke(app, ["curves", str(tmp_path), "--out", str(tmp_path)])

@@ -182,8 +182,13 @@ def curves(
     anchor_steps: Annotated[float, typer.Option(help="reference line: env steps (0: none)")] = 4.1e6,
     anchor_return: Annotated[float, typer.Option(help="reference line: return")] = 4900.0,
     labels: Annotated[str, typer.Option(help="comma-separated legend labels, one per run (default: algo seed N)")] = "",
+    baseline: Annotated[
+        Path | None, typer.Option(help="run whose env steps to reach each run's best return give the ratio column")
+    ] = None,
 ) -> None:
-    """Learning curves (evaluation return vs env steps and vs wall-clock) of several runs, as PNGs."""
+    """Learning curves (evaluation return vs env steps and vs wall-clock) of several runs, as PNGs,
+    and a table of final and best returns, where each run first reaches --anchor-return and, with
+    --baseline, how many more env steps the baseline run needs for each run's best return."""
     import dataclasses
 
     from sharprl.curves import load_curve, plot_curves, summary_table
@@ -197,7 +202,8 @@ def curves(
     anchor = (anchor_steps, anchor_return) if anchor_steps > 0 else None
     for path in plot_curves(loaded, out, title, anchor):
         typer.echo(f"wrote {path}")
-    typer.echo(summary_table(loaded))
+    target = anchor_return if anchor_steps > 0 else None
+    typer.echo(summary_table(loaded, target, load_curve(baseline) if baseline is not None else None))
 
 
 @app.command()

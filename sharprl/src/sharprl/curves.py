@@ -112,17 +112,57 @@ def plot_curves(
     return paths
 
 
-def summary_table(curves: list[Curve]) -> str:
-    """A markdown table: final and best evaluation return per run."""
-    lines = ["| run | env steps | wall-clock | final eval return | best eval return |", "|---|---|---|---|---|"]
+def first_passage(curve: Curve, target_return: float) -> float | None:
+    """Env steps at which the run's evaluation first reaches ``target_return``, interpolated linearly
+    between that evaluation and the one before it; None if no evaluation reaches it."""
+    points = list(zip(curve.env_steps, curve.eval_return))
+    for i, (steps, value) in enumerate(points):
+        if value >= target_return:
+            if i == 0:
+                return float(steps)
+            prev_steps, prev_value = points[i - 1]
+            return prev_steps + (steps - prev_steps) * (target_return - prev_value) / (value - prev_value)
+    return None
+
+
+def summary_table(curves: list[Curve], target_return: float | None = None, baseline: Curve | None = None) -> str:
+    """A markdown table: final and best evaluation return per run; with ``target_return``, where each
+    run first reaches it; with a ``baseline`` run, how many env steps the baseline needs to first reach
+    each run's best return, as a ratio to the steps the run took (the sample-efficiency ratio)."""
+    head = ["run", "env steps", "wall-clock", "final eval return", "best eval return"]
+    if target_return is not None:
+        head.append(f"first reaches {target_return:,.0f}")
+    if baseline is not None:
+        head.append(f"{baseline.label} for the best return (ratio)")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in curves:
         if not c.eval_return:
             last = c.train_points[-1]
-            lines.append(f"| {c.label} | {last[0]:,} | {last[1] / 60:.0f} min | (no evaluation yet) | - |")
+            cells = [c.label, f"{last[0]:,}", f"{last[1] / 60:.0f} min", "(no evaluation yet)"]
+            cells += ["-"] * (len(head) - len(cells))
+            lines.append("| " + " | ".join(cells) + " |")
             continue
         best = max(range(len(c.eval_return)), key=lambda i: c.eval_return[i])
-        lines.append(
-            f"| {c.label} | {c.env_steps[-1]:,} | {c.wall_s[-1] / 60:.0f} min | {c.eval_return[-1]:,.0f} | "
-            f"{c.eval_return[best]:,.0f} (at {c.env_steps[best]:,}) |"
-        )
+        cells = [
+            c.label,
+            f"{c.env_steps[-1]:,}",
+            f"{c.wall_s[-1] / 60:.0f} min",
+            f"{c.eval_return[-1]:,.0f}",
+            f"{c.eval_return[best]:,.0f} (at {c.env_steps[best]:,})",
+        ]
+        if target_return is not None:
+            reached = first_passage(c, target_return)
+            cells.append(f"{reached:,.0f}" if reached is not None else f"not within {c.env_steps[-1]:,}")
+        if baseline is not None:
+            cells.append(_baseline_cell(baseline, c.eval_return[best], c.env_steps[best]))
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _baseline_cell(baseline: Curve, best_return: float, best_steps: int) -> str:
+    needed = first_passage(baseline, best_return)
+    if needed is None:
+        last = baseline.env_steps[-1] if baseline.env_steps else 0
+        return f"not within {last:,}"
+    ratio = f"{needed / best_steps:.1f}x" if best_steps > 0 else "-"
+    return f"{needed:,.0f} ({ratio})"
