@@ -24,6 +24,7 @@ from sharprl.envs import Perturbation, make_task
 from sharprl.errors import SharprlError
 from sharprl.evaluate import evaluate
 from sharprl.networks import PolicySpec, init_normalizer
+from sharprl.overrides import parse_overrides
 
 EPISODE_LENGTH = 40
 TINY_PPO = baselines.PPOConfig(num_envs=8, batch_size=8, num_minibatches=4, unroll_length=5,
@@ -156,6 +157,10 @@ def test_bad_configs_are_sharprl_errors(task, tmp_path):
         baselines.train("sac", task, tmp_path, 100)
     with pytest.raises(SharprlError, match="env-steps"):
         baselines.train("ppo", task, tmp_path, 0)
+    apg = parse_overrides(["horizon_length=16", "num_envs=32", "hidden_sizes=[64, 64]"], baselines.APGConfig, {})
+    assert baselines.APGConfig(**apg) == baselines.APGConfig(horizon_length=16, num_envs=32, hidden_sizes=(64, 64))
+    with pytest.raises(SharprlError, match="FIELD one of"):
+        parse_overrides(["seed=3"], baselines.PPOConfig, {})
 
 
 def test_cli_train_ppo_then_evaluate(ppo_dir, tmp_path, monkeypatch):
@@ -163,14 +168,18 @@ def test_cli_train_ppo_then_evaluate(ppo_dir, tmp_path, monkeypatch):
 
     from sharprl.cli import app
 
-    # The fixture's configuration, so the persistent compilation cache serves brax's training step.
-    monkeypatch.setattr(baselines, "PPOConfig", lambda: TINY_PPO)
+    # The fixture's configuration through --set, so the persistent compilation cache serves brax's
+    # training step.
     monkeypatch.setenv("SHARPRL_JAX_CACHE", str(jax.config.jax_compilation_cache_dir or "off"))
     out = tmp_path / "cli-ppo"
+    tiny = [f"--set={name}={getattr(TINY_PPO, name)}" for name in
+            ("num_envs", "batch_size", "num_minibatches", "unroll_length", "num_updates_per_batch",
+             "eval_every_env_steps", "eval_episodes")]
     args = ["train", "--env", "cartpole", "--algo", "ppo", "--env-steps", "160", "--episode-length",
-            str(EPISODE_LENGTH), "--out", str(out), "--quiet"]
+            str(EPISODE_LENGTH), "--out", str(out), "--quiet", *tiny]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
+    assert checkpoint.load_meta(out)["config"] == json.loads(json.dumps(dataclasses.asdict(TINY_PPO)))
     assert "done:" in result.output and "eval return" in result.output
     rows = _rows(out)
     assert int(rows[-1]["env_steps"]) == 160
@@ -179,3 +188,7 @@ def test_cli_train_ppo_then_evaluate(ppo_dir, tmp_path, monkeypatch):
     assert json.loads(result.output)["mean_return"] == pytest.approx(float(rows[-1]["eval_return"]), rel=1e-5)
     again = CliRunner().invoke(app, args)  # an existing run without --resume: one-line error, exit 2
     assert again.exit_code == 2 and "--resume" in again.output
+    other = CliRunner().invoke(app, [*args, "--resume", "--set", "learning_rate=1e-3"])  # other settings
+    assert other.exit_code == 2 and "cannot resume" in other.output
+    unknown = CliRunner().invoke(app, [*args, "--set", "horizon_length=8"])  # an APG field, not PPO's
+    assert unknown.exit_code == 2 and "FIELD one of" in unknown.output

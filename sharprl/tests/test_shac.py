@@ -13,7 +13,8 @@ from toy_env import tall_task, toy_task
 from sharprl import checkpoint, shac
 from sharprl.errors import SharprlError
 from sharprl.evaluate import evaluate
-from sharprl.shac_config import SHACConfig, parse_overrides, preset
+from sharprl.overrides import parse_overrides
+from sharprl.shac_config import FLAG_FIELDS, SHACConfig, preset
 
 TOY = SHACConfig(
     num_envs=16, horizon=8, epochs=40, actor_hidden=(16,), critic_hidden=(16,), actor_lr=1e-2, critic_lr=1e-2,
@@ -198,9 +199,12 @@ def test_preset_sizes_the_run_after_overrides_that_change_an_epoch():
 
 
 def test_parse_overrides_types_each_field_and_refuses_the_rest():
-    got = parse_overrides(["actor_lr=1e-3", "horizon=16", "actor_hidden=[64, 32]", "remat=false", "activation=tanh"])
+    def shac_overrides(pairs):
+        return parse_overrides(pairs, SHACConfig, FLAG_FIELDS)
+
+    got = shac_overrides(["actor_lr=1e-3", "horizon=16", "actor_hidden=[64, 32]", "remat=false", "activation=tanh"])
     assert got == {"actor_lr": 1e-3, "horizon": 16, "actor_hidden": (64, 32), "remat": False, "activation": "tanh"}
-    assert parse_overrides(["gamma=1"]) == {"gamma": 1.0} and isinstance(parse_overrides(["gamma=1"])["gamma"], float)
+    assert shac_overrides(["gamma=1"]) == {"gamma": 1.0} and isinstance(shac_overrides(["gamma=1"])["gamma"], float)
     for bad, text in (
         ("horizon=1.5", "expected int"),
         ("remat=1", "expected bool"),
@@ -210,4 +214,4 @@ def test_parse_overrides_types_each_field_and_refuses_the_rest():
         ("actor_hidden=[1.5]", "expected"),
     ):
         with pytest.raises(SharprlError, match=text):
-            parse_overrides([bad])
+            shac_overrides([bad])

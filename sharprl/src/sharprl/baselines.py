@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import json
 import math
 import time
 from collections.abc import Callable
@@ -200,6 +201,9 @@ def _open_run(run_dir: Path, algo: str, task: Task, seed: int, config, resume: b
               on_row: RowFn) -> tuple[dict[str, Any] | None, _Run, Any]:
     """Prepare ``run_dir`` for a baseline run; returns (checkpoint meta or None, its _Run, make_policy)."""
     meta, rows = _start(run_dir, algo, resume)
+    if meta is not None and meta.get("config") != json.loads(json.dumps(dataclasses.asdict(config))):
+        raise SharprlError(f"{run_dir}: cannot resume: checkpoint config {meta.get('config')!r} "
+                           f"!= {dataclasses.asdict(config)!r}")
     spec = policy_spec(algo, config, task)
     run = _Run(run_dir, algo, spec, _base_meta(algo, task, seed, config), task, config.eval_episodes, on_row,
                rows=rows)
@@ -310,12 +314,18 @@ def train_apg(task: Task, run_dir: Path | str, env_steps: int, *, seed: int = 0,
     return checkpoint.load_meta(run_dir)
 
 
+def config_class(algo: str) -> type[PPOConfig] | type[APGConfig]:
+    """The config dataclass of baseline ``algo`` (its defaults are the baseline's settings)."""
+    if algo not in ALGOS:
+        raise SharprlError(f"unknown baseline {algo!r}: expected one of {', '.join(ALGOS)}")
+    return PPOConfig if algo == "ppo" else APGConfig
+
+
 def train(algo: str, task: Task, run_dir: Path | str, env_steps: int, *, seed: int = 0, resume: bool = False,
           on_row: RowFn = lambda row: None, config: PPOConfig | APGConfig | None = None) -> dict:
     """``sharprl train --algo apg|ppo``: the baseline's default config unless ``config`` is given."""
-    if algo not in ALGOS:
-        raise SharprlError(f"unknown baseline {algo!r}: expected one of {', '.join(ALGOS)}")
+    config = config or config_class(algo)()
     if env_steps < 1:
         raise SharprlError(f"--env-steps must be >= 1, got {env_steps}")
-    fn, default = (train_ppo, PPOConfig()) if algo == "ppo" else (train_apg, APGConfig())
-    return fn(task, run_dir, env_steps, seed=seed, config=config or default, resume=resume, on_row=on_row)
+    fn = train_ppo if algo == "ppo" else train_apg
+    return fn(task, run_dir, env_steps, seed=seed, config=config, resume=resume, on_row=on_row)

@@ -61,24 +61,20 @@ def train(
     episode_length: Annotated[int, typer.Option(help="episode time limit in steps")] = 1000,
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar (one line per evaluation instead)")] = False,
     set_: Annotated[
-        list[str] | None, typer.Option("--set", help="SHAC config field override FIELD=VALUE, repeatable")
+        list[str] | None, typer.Option("--set", help="config field override FIELD=VALUE, repeatable")
     ] = None,
 ) -> None:
     """Train a policy; metrics go to OUT/metrics.csv, checkpoints to OUT/checkpoint.msgpack."""
     from sharprl.envs import make_task
-    from sharprl.shac_config import parse_overrides
+    from sharprl.overrides import parse_overrides
 
     if algo not in TRAIN_ALGOS:
         raise SharprlError(f"unknown --algo {algo!r}: expected one of {', '.join(TRAIN_ALGOS)}")
-    if set_ and not algo.startswith("shac"):
-        raise SharprlError("--set overrides SHAC config fields; apg and ppo use brax.training's settings")
-    overrides = parse_overrides(set_ or [])
-    enable_compilation_cache()
-    task = make_task(env, backend, episode_length=episode_length)
     if algo.startswith("shac"):
         from sharprl import shac
-        from sharprl.shac_config import preset
+        from sharprl.shac_config import FLAG_FIELDS, SHACConfig, preset
 
+        overrides = parse_overrides(set_ or [], SHACConfig, FLAG_FIELDS)
         config = preset(env, algo, rho=rho, seed=seed, env_steps=env_steps, episode_length=episode_length, **overrides)
         total = config.epochs * config.env_steps_per_epoch
     else:
@@ -86,12 +82,16 @@ def train(
 
         if env_steps is None:
             raise SharprlError("--env-steps is required for apg and ppo")
+        config_cls = baselines.config_class(algo)
+        baseline_config = config_cls(**parse_overrides(set_ or [], config_cls, {}))
         total = env_steps
+    enable_compilation_cache()
+    task = make_task(env, backend, episode_length=episode_length)
     with _progress(total, f"{algo} on {env} ({task.backend})", quiet) as on_row:
         if algo.startswith("shac"):
             shac.train(config, task, on_row, run_dir=out, resume=resume)
         else:
-            baselines.train(algo, task, out, env_steps, seed=seed, resume=resume, on_row=on_row)
+            baselines.train(algo, task, out, env_steps, seed=seed, resume=resume, on_row=on_row, config=baseline_config)
     rows = _read_rows(out)
     last_eval = next((r for r in reversed(rows) if r.get("eval_return") not in ("", None)), None)
     summary = f"eval return {float(last_eval['eval_return']):,.1f}" if last_eval else "no evaluation"

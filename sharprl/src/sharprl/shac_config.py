@@ -8,8 +8,6 @@ those tasks. ``cartpole`` is a tiny configuration for tests and the demo.
 from __future__ import annotations
 
 import dataclasses
-import json
-import typing
 
 from sharprl.errors import SharprlError
 
@@ -132,44 +130,11 @@ def preset(
     return cfg
 
 
-def parse_overrides(pairs: list[str]) -> dict[str, object]:
-    """``["actor_lr=1e-3", "actor_hidden=[64, 64]"]`` -> SHACConfig field overrides, type-checked.
-
-    Values are read as JSON (``1e-3``, ``true``, ``[64, 64]``), anything else as a string. Unknown
-    fields, the fields other flags own (seed, epochs, sharpness, rho, episode_length) and values of
-    the wrong type are errors.
-    """
-    hints = typing.get_type_hints(SHACConfig)
-    owned = {
-        "seed": "--seed",
-        "epochs": "--env-steps",
-        "sharpness": "--algo",
-        "rho": "--rho",
-        "episode_length": "--episode-length",
-    }
-    out: dict[str, object] = {}
-    for pair in pairs:
-        name, sep, text = pair.partition("=")
-        name = name.strip()
-        if not sep or name not in hints:
-            fields = ", ".join(sorted(set(hints) - set(owned)))
-            raise SharprlError(f"--set {pair!r}: expected FIELD=VALUE with FIELD one of: {fields}")
-        if name in owned:
-            raise SharprlError(f"--set {name}: use {owned[name]} instead")
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
-            value = text.strip()
-        out[name] = _coerce(name, value, hints[name])
-    return out
-
-
-def _coerce(name: str, value: object, hint: object) -> object:
-    origin = typing.get_origin(hint)
-    if origin is tuple and isinstance(value, list) and all(type(v) is int for v in value):
-        return tuple(value)
-    if hint is float and type(value) in (int, float):
-        return float(value)
-    if hint in (int, bool, str) and type(value) is hint:
-        return value
-    raise SharprlError(f"--set {name}={value!r}: expected {getattr(hint, '__name__', hint)}")
+# Fields that `sharprl train` sets through their own flags, not through `--set`.
+FLAG_FIELDS = {
+    "seed": "--seed",
+    "epochs": "--env-steps",
+    "sharpness": "--algo",
+    "rho": "--rho",
+    "episode_length": "--episode-length",
+}
