@@ -130,8 +130,12 @@ def summary_table(curves: list[Curve], target_return: float | None = None, basel
     run first reaches it; with a ``baseline`` run, how many env steps the baseline needs to first reach
     each run's best return, as a ratio to the steps the run took (the sample-efficiency ratio)."""
     head = ["run", "env steps", "wall-clock", "final eval return", "best eval return"]
+    base_target = None  # env steps the baseline needs for target_return
     if target_return is not None:
         head.append(f"first reaches {target_return:,.0f}")
+        if baseline is not None:
+            base_target = first_passage(baseline, target_return)
+            head[-1] += " (ratio: the baseline's steps to it / the run's)"
     if baseline is not None:
         head.append(f"{baseline.label} for the best return (ratio)")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -153,6 +157,8 @@ def summary_table(curves: list[Curve], target_return: float | None = None, basel
         if target_return is not None:
             reached = first_passage(c, target_return)
             cells.append(f"{reached:,.0f}" if reached is not None else f"not within {c.env_steps[-1]:,}")
+            if reached and base_target is not None:
+                cells[-1] += f" ({base_target / reached:.1f}x)"
         if baseline is not None:
             cells.append(_baseline_cell(baseline, c.eval_return[best], c.env_steps[best]))
         lines.append("| " + " | ".join(cells) + " |")
