@@ -178,7 +178,10 @@ def test_cli_errors_are_one_line_with_exit_code_2(tmp_path):
         (["train", "--env", "cartpole", "--set", "lr=1", "--out", str(tmp_path)], "FIELD=VALUE"),
         (["train", "--env", "cartpole", "--set", "seed=1", "--out", str(tmp_path)], "use --seed"),
         (["train", "--env", "cartpole", "--set", "gamma=2", "--out", str(tmp_path)], "invalid SHAC config"),
-        (["train", "--algo", "ppo", "--set", "gamma=0.9", "--out", str(tmp_path)], "brax.training"),
+        (["train", "--algo", "ppo", "--env-steps", "100", "--set", "gamma=0.9", "--out", str(tmp_path)],
+         "FIELD one of"),  # PPO's discount is `discounting`
+        (["train", "--algo", "ppo", "--env-steps", "100", "--set", "num_envs=7", "--out", str(tmp_path)],
+         "multiple of num_envs"),
     ):
         result = runner.invoke(app, args)
         assert result.exit_code == 2, result.output

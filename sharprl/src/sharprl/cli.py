@@ -75,23 +75,25 @@ def train(
         from sharprl.shac_config import FLAG_FIELDS, SHACConfig, preset
 
         overrides = parse_overrides(set_ or [], SHACConfig, FLAG_FIELDS)
-        config = preset(env, algo, rho=rho, seed=seed, env_steps=env_steps, episode_length=episode_length, **overrides)
-        total = config.epochs * config.env_steps_per_epoch
     else:
         from sharprl import baselines
 
         if env_steps is None:
             raise SharprlError("--env-steps is required for apg and ppo")
-        config_cls = baselines.config_class(algo)
-        baseline_config = config_cls(**parse_overrides(set_ or [], config_cls, {}))
-        total = env_steps
+        overrides = parse_overrides(set_ or [], baselines.config_class(algo), {})
     enable_compilation_cache()
     task = make_task(env, backend, episode_length=episode_length)
+    if algo.startswith("shac"):
+        config = preset(env, algo, rho=rho, seed=seed, env_steps=env_steps, episode_length=episode_length, **overrides)
+        total = config.epochs * config.env_steps_per_epoch
+    else:
+        config = baselines.config_class(algo)(**overrides)
+        total = env_steps
     with _progress(total, f"{algo} on {env} ({task.backend})", quiet) as on_row:
         if algo.startswith("shac"):
             shac.train(config, task, on_row, run_dir=out, resume=resume)
         else:
-            baselines.train(algo, task, out, env_steps, seed=seed, resume=resume, on_row=on_row, config=baseline_config)
+            baselines.train(algo, task, out, env_steps, seed=seed, resume=resume, on_row=on_row, config=config)
     rows = _read_rows(out)
     last_eval = next((r for r in reversed(rows) if r.get("eval_return") not in ("", None)), None)
     summary = f"eval return {float(last_eval['eval_return']):,.1f}" if last_eval else "no evaluation"
