@@ -16,7 +16,10 @@ round / the APG epoch right after it) and their medians printed. APG's throughpu
 brax's per-epoch overhead: measured alone, brax APG with 1 update per epoch ran ~15% below its
 throughput with 5 (more updates per round favour APG, fewer favour SHAC; 5 is the default).
 
-    python sharprl/benchmarks/bench_shac.py [--env ant] [--updates 5] [--rounds 5]
+    python sharprl/benchmarks/bench_shac.py [--env ant] [--updates 5] [--rounds 5] [--horizon H] [--envs N]
+
+``--horizon`` / ``--envs`` replace the preset's window and env count for SHAC and APG alike (e.g.
+``--horizon 16 --envs 32``, the setting the README recommends for Ant).
 """
 
 from __future__ import annotations
@@ -40,11 +43,11 @@ from sharprl.shac_config import preset
 class ShacRounds:
     """SHAC, SHAC-SAM and SHAC-ASAM learners, compiled; ``round()`` times ``updates`` epochs of each."""
 
-    def __init__(self, algos: tuple[str, ...], env: str, updates: int, task) -> None:
+    def __init__(self, algos: tuple[str, ...], env: str, updates: int, task, sizes: dict[str, int]) -> None:
         self.updates, self.runs = updates, {}
         self.times: dict[str, list[float]] = {algo: [] for algo in algos}  # seconds per epoch, per round
         for algo in algos:
-            learner = Learner(preset(env, algo, episode_length=task.episode_length), task)
+            learner = Learner(preset(env, algo, episode_length=task.episode_length, **sizes), task)
             state = learner.init(jax.random.PRNGKey(0))
             for _ in range(2):  # compile, and any recompilation on the epoch's own output
                 state, _ = learner.epoch_fn(state)
@@ -65,10 +68,10 @@ class ShacRounds:
             self.times[algo].append(seconds / self.updates)
 
 
-def interleaved(env: str, updates: int, rounds: int, task, shac: ShacRounds) -> list[float]:
-    """brax.training APG with SHAC's env count, horizon and actor widths: its env-steps/s (training
-    only) in each of ``rounds`` timed epochs, with a round of ``shac`` run between every two epochs."""
-    cfg = preset(env, "shac")
+def interleaved(cfg, updates: int, rounds: int, task, shac: ShacRounds) -> list[float]:
+    """brax.training APG with SHAC's (``cfg``'s) env count, horizon and actor widths: its env-steps/s
+    (training only) in each of ``rounds`` timed epochs, with a round of ``shac`` run between every two
+    epochs."""
     sps: list[float] = []
     warmup = 2  # brax's APG epoch compiles twice
 
@@ -98,15 +101,19 @@ def main() -> None:
     parser.add_argument("--env", default="ant", help="sharprl task (default: ant on its default backend)")
     parser.add_argument("--updates", type=int, default=5, help="timed updates per algorithm and round")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of APG, SHAC, SAM and ASAM (median)")
+    parser.add_argument("--horizon", type=int, default=None, help="window length (default: the preset's)")
+    parser.add_argument("--envs", type=int, default=None, help="parallel envs (default: the preset's)")
     args = parser.parse_args()
     enable_compilation_cache()  # compiled graphs persist across runs (SHARPRL_JAX_CACHE=off to disable)
-    cfg = preset(args.env, "shac")
+    base = preset(args.env, "shac")
+    sizes = {"horizon": args.horizon or base.horizon, "num_envs": args.envs or base.num_envs}
+    cfg = preset(args.env, "shac", **sizes)
     task = make_task(args.env, episode_length=cfg.episode_length)
     steps = cfg.num_envs * cfg.horizon
     print(f"task {args.env} ({task.backend}), {cfg.num_envs} envs x horizon {cfg.horizon}, "
           f"episode length {task.episode_length}, {args.updates} timed updates")
-    shac = ShacRounds(("shac", "shac-sam", "shac-asam"), args.env, args.updates, task)
-    apg_sps = interleaved(args.env, args.updates, args.rounds, task, shac)
+    shac = ShacRounds(("shac", "shac-sam", "shac-asam"), args.env, args.updates, task, sizes)
+    apg_sps = interleaved(cfg, args.updates, args.rounds, task, shac)
     shac_sps = [steps / t for t in shac.times["shac"]]
     print("per round, SHAC / APG env-steps/s: " + ", ".join(
         f"{s:.0f}/{a:.0f}" for s, a in zip(shac_sps, apg_sps, strict=True)))
