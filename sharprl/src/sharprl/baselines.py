@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
-import json
 import math
 import time
 from collections.abc import Callable
@@ -193,7 +192,7 @@ def _num_evals(env_steps: int, every: int) -> int:
 
 def _base_meta(algo: str, task: Task, seed: int, config) -> dict[str, Any]:
     return {"algo": algo, "env": task.name, "backend": task.backend, "seed": seed,
-            "episode_length": task.episode_length, "config": dataclasses.asdict(config),
+            "episode_length": task.episode_length, "config": checkpoint.config_json(config),
             "train_perturbation": dataclasses.asdict(task.perturbation)}
 
 
@@ -201,9 +200,9 @@ def _open_run(run_dir: Path, algo: str, task: Task, seed: int, config, resume: b
               on_row: RowFn) -> tuple[dict[str, Any] | None, _Run, Any]:
     """Prepare ``run_dir`` for a baseline run; returns (checkpoint meta or None, its _Run, make_policy)."""
     meta, rows = _start(run_dir, algo, resume)
-    if meta is not None and meta.get("config") != json.loads(json.dumps(dataclasses.asdict(config))):
+    if meta is not None and meta.get("config") != checkpoint.config_json(config):
         raise SharprlError(f"{run_dir}: cannot resume: checkpoint config {meta.get('config')!r} "
-                           f"!= {dataclasses.asdict(config)!r}")
+                           f"!= {checkpoint.config_json(config)!r}")
     spec = policy_spec(algo, config, task)
     run = _Run(run_dir, algo, spec, _base_meta(algo, task, seed, config), task, config.eval_episodes, on_row,
                rows=rows)

@@ -69,6 +69,12 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def config_json(config: Any) -> dict[str, Any]:
+    """A config dataclass as a checkpoint's metadata stores it (JSON types: tuples become lists), so a
+    resumed run can compare its config with the stored one."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
 def all_finite(tree: Any) -> bool:
     """True when every floating-point leaf of ``tree`` is finite."""
     for leaf in jax.tree_util.tree_leaves(tree):

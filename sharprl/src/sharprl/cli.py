@@ -80,14 +80,15 @@ def train(
 
         if env_steps is None:
             raise SharprlError("--env-steps is required for apg and ppo")
-        overrides = parse_overrides(set_ or [], baselines.config_class(algo), {})
+        config_cls = baselines.config_class(algo)
+        overrides = parse_overrides(set_ or [], config_cls, {})
     enable_compilation_cache()
     task = make_task(env, backend, episode_length=episode_length)
     if algo.startswith("shac"):
         config = preset(env, algo, rho=rho, seed=seed, env_steps=env_steps, episode_length=episode_length, **overrides)
         total = config.epochs * config.env_steps_per_epoch
     else:
-        config = baselines.config_class(algo)(**overrides)
+        config = config_cls(**overrides)
         total = env_steps
     with _progress(total, f"{algo} on {env} ({task.backend})", quiet) as on_row:
         if algo.startswith("shac"):
@@ -185,12 +186,12 @@ def curves(
     anchor_return: Annotated[float, typer.Option(help="reference line: return")] = 4900.0,
     labels: Annotated[str, typer.Option(help="comma-separated legend labels, one per run (default: algo seed N)")] = "",
     baseline: Annotated[
-        Path | None, typer.Option(help="run whose env steps to reach each run's best return give the ratio column")
+        Path | None, typer.Option(help="baseline run (PPO): its env steps to the anchor return and to each best")
     ] = None,
 ) -> None:
     """Learning curves (evaluation return vs env steps and vs wall-clock) of several runs, as PNGs,
-    and a table of final and best returns, where each run first reaches --anchor-return and, with
-    --baseline, how many more env steps the baseline run needs for each run's best return."""
+    and a table of final and best returns and where each run first reaches --anchor-return; with
+    --baseline, the baseline's env steps to that return over the run's, and to each run's best return."""
     import dataclasses
 
     from sharprl.curves import load_curve, plot_curves, summary_table

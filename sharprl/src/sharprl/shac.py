@@ -13,7 +13,6 @@ update whose loss or gradient is not finite is skipped and counted.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -331,7 +330,7 @@ def train(
         "backend": task.backend,
         "episode_length": task.episode_length,
         "train_perturbation": dataclasses.asdict(task.perturbation),
-        "config": _config_json(config),
+        "config": checkpoint.config_json(config),
     }
     if run_dir is not None and resume and checkpoint.has_checkpoint(run_dir):
         state, meta = checkpoint.load_train_state(run_dir, state)
@@ -398,7 +397,3 @@ def train(
         if progress_fn is not None:
             progress_fn(row)
     return learner.make_policy, learner.policy_params(state), rows
-
-
-def _config_json(config: SHACConfig) -> dict[str, Any]:
-    return json.loads(json.dumps(dataclasses.asdict(config)))
