@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sharprl import checkpoint, networks, sharpness
+from sharprl import checkpoint, critic, networks, sharpness
 from sharprl.envs import Task, healthy_barrier, upright_barrier
 from sharprl.errors import SharprlError
 from sharprl.evaluate import evaluate
@@ -52,6 +53,21 @@ class TrainState:
     skipped_critic: jax.Array  # () int32 critic updates skipped (non-finite)
 
 
+@flax.struct.dataclass
+class Rollout:
+    """One epoch's forward pass: what the actor's backward pass and the critic's fit start from."""
+
+    loss: jax.Array  # () short-horizon actor loss at the current actor
+    pullback: Any  # jax.vjp pullback of the loss w.r.t. the actor params (holds the rollout's residuals)
+    traj: dict[str, jax.Array]  # (horizon, n) per-step rollout data, no gradient (see rollout_loss)
+    env_state: Any  # brax State batched over n: where the next window starts
+    episode_step: jax.Array  # (n,) int32 steps into each episode at the window's end
+    reset_states: Any  # brax State batched over n: the resets this window used (SAM replays them)
+    rollout_key: jax.Array  # (2,) the window's key (SAM's second gradient replays it)
+    critic_key: jax.Array  # (2,) key of the critic's minibatch shuffles
+    next_key: jax.Array  # (2,) the training state's key for the next epoch
+
+
 class Learner:
     """The networks, optimisers and jitted epoch function for one (config, task)."""
 
@@ -76,7 +92,9 @@ class Learner:
         self.critic_opt = sharpness.wrap(
             self._adam(config.critic_lr, critic_updates), critic_mode, config.rho, config.asam_eta
         )
-        self.epoch_fn = jax.jit(self.epoch)
+        self._forward, self._actor = jax.jit(self.forward), jax.jit(self.actor_step)
+        self._critic, self._combine = jax.jit(self.critic_step), jax.jit(self.combine)
+        self._critic_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sharprl-critic")
         self.reset_fn = jax.jit(jax.vmap(task.reset))  # (num_envs, 2) keys -> batched env state
 
     def _adam(self, lr: float, steps: int) -> optax.GradientTransformation:
@@ -189,97 +207,87 @@ class Learner:
         loss = loss / (cfg.horizon * n)
         return loss, (traj, jax.lax.stop_gradient(env_state), ep_step)
 
-    # ---- critic targets and updates -------------------------------------------------------------
-    def td_lambda_targets(self, traj) -> jax.Array:
-        """(horizon, n) TD(lambda) targets; a window end or finished episode bootstraps from next_value."""
-        g, lam = self.config.gamma, self.config.td_lambda
-
-        def back(next_return, inputs):
-            reward, done, next_value = inputs  # (n,) each
-            blended = (1.0 - lam) * next_value + lam * next_return
-            target = reward + g * jnp.where(done > 0.5, next_value, blended)
-            return target, target
-
-        _, targets = jax.lax.scan(
-            back, traj["next_value"][-1], (traj["reward"], traj["done"], traj["next_value"]), reverse=True
-        )
-        return targets
-
-    def critic_updates(self, state: TrainState, obs, targets, rng):
-        """``critic_iterations`` shuffled passes of ``critic_minibatches`` Adam steps; obs: (B, obs)."""
-        cfg = self.config
-        batch = obs.shape[0] // cfg.critic_minibatches
-
-        def loss_fn(params, x, y):
-            return jnp.mean((self.critic.apply(params, x) - y) ** 2)
-
-        def minibatch(carry, idx):
-            params, opt_state, skipped = carry
-            x, y = obs[idx], targets[idx]  # (batch, obs), (batch,)
-            loss, grad = jax.value_and_grad(loss_fn)(params, x, y)
-            extra = {"grad_fn": lambda p: jax.grad(loss_fn)(p, x, y)} if cfg.critic_sharpness and cfg.sharpness else {}
-            updates, new_opt = self.critic_opt.update(grad, opt_state, params, **extra)
-            ok = jnp.isfinite(loss) & _tree_finite(updates)
-            params = _select(ok, optax.apply_updates(params, updates), params)
-            return (params, _select(ok, new_opt, opt_state), skipped + (~ok).astype(jnp.int32)), loss
-
-        perms = jax.vmap(lambda k: jax.random.permutation(k, obs.shape[0]))(
-            jax.random.split(rng, cfg.critic_iterations)
-        )
-        idx = perms[:, : batch * cfg.critic_minibatches].reshape(-1, batch)  # (iters * minibatches, batch)
-        init = (state.critic_params, state.critic_opt_state, state.skipped_critic)
-        (params, opt_state, skipped), losses = jax.lax.scan(minibatch, init, idx)
-        return params, opt_state, skipped, losses[-cfg.critic_minibatches :].mean()
-
-    # ---- one epoch ------------------------------------------------------------------------------
-    def epoch(self, state: TrainState) -> tuple[TrainState, dict[str, jax.Array]]:
-        cfg = self.config
+    # ---- one epoch: forward pass, then the actor's backward pass beside the critic's fit ----------
+    def forward(self, state: TrainState) -> Rollout:
+        """The window's rollout and actor loss, with the pullback that gives the actor gradient."""
         key, k_reset, k_roll, k_critic = jax.random.split(state.key, 4)
-        reset_states = jax.vmap(self.task.reset)(jax.random.split(k_reset, cfg.num_envs))
+        reset_states = jax.vmap(self.task.reset)(jax.random.split(k_reset, self.config.num_envs))
+        loss, pullback, (traj, env_state, ep_step) = jax.vjp(
+            lambda p: self.rollout_loss(p, state, reset_states, k_roll), state.actor_params, has_aux=True
+        )
+        return Rollout(loss, pullback, traj, env_state, ep_step, reset_states, k_roll, k_critic, key)
+
+    def actor_step(self, state: TrainState, ro: Rollout) -> tuple[dict[str, Any], dict[str, jax.Array]]:
+        """The actor gradient (SAM/ASAM: the gradient at theta + eps from the same starts and keys) and
+        the optimiser step; a non-finite loss, gradient or update leaves the actor as it was."""
+        (grad,) = ro.pullback(jnp.ones_like(ro.loss))
 
         def loss_only(p):
-            return self.rollout_loss(p, state, reset_states, k_roll)[0]
+            return self.rollout_loss(p, state, ro.reset_states, ro.rollout_key)[0]
 
-        (loss, (traj, env_state, ep_step)), grad = jax.value_and_grad(self.rollout_loss, has_aux=True)(
-            state.actor_params, state, reset_states, k_roll
-        )
-        extra = {"grad_fn": jax.grad(loss_only)} if cfg.sharpness else {}
-        updates, actor_opt = self.actor_opt.update(grad, state.actor_opt_state, state.actor_params, **extra)
-        ok = jnp.isfinite(loss) & _tree_finite(grad) & _tree_finite(updates)
-        actor_params = _select(ok, optax.apply_updates(state.actor_params, updates), state.actor_params)
-        actor_opt = _select(ok, actor_opt, state.actor_opt_state)
+        extra = {"grad_fn": jax.grad(loss_only)} if self.config.sharpness else {}
+        updates, opt_state = self.actor_opt.update(grad, state.actor_opt_state, state.actor_params, **extra)
+        ok = jnp.isfinite(ro.loss) & critic.tree_finite(grad) & critic.tree_finite(updates)
+        fields = {
+            "actor_params": critic.select(ok, optax.apply_updates(state.actor_params, updates), state.actor_params),
+            "actor_opt_state": critic.select(ok, opt_state, state.actor_opt_state),
+            "skipped_actor": state.skipped_actor + (~ok).astype(jnp.int32),
+        }
+        return fields, {"actor_loss": ro.loss, "grad_norm": optax.tree.norm(grad), "update_ok": ok}
 
+    def critic_step(self, state: TrainState, traj: dict, rng: jax.Array) -> tuple[dict[str, Any], dict[str, jax.Array]]:
+        """Fit the critic to the window's TD(lambda) targets, move the target critic, update the
+        observation statistics and the finished-episode returns. Needs only the forward pass."""
+        cfg = self.config
         obs = traj["obs"].reshape(-1, traj["obs"].shape[-1])  # (horizon * n, obs)
-        normalizer = (
-            networks.update_normalizer(state.normalizer, obs) if cfg.normalize_observations else state.normalizer
-        )
-        critic_obs = networks.normalize(obs, state.normalizer) if cfg.normalize_observations else obs
-        targets = self.td_lambda_targets(traj).reshape(-1)  # (horizon * n,)
-        critic_params, critic_opt, skipped_critic, critic_loss = self.critic_updates(
-            state, critic_obs, targets, k_critic
-        )
-        target = optax.incremental_update(critic_params, state.target_critic_params, 1.0 - cfg.target_critic_alpha)
-
+        targets = critic.td_lambda_targets(traj["reward"], traj["done"], traj["next_value"], cfg.gamma, cfg.td_lambda)
+        params, opt_state, skipped, loss = critic.fit(
+            self.critic.apply, self.critic_opt, state.critic_params, state.critic_opt_state,
+            networks.normalize(obs, state.normalizer) if cfg.normalize_observations else obs,
+            targets.reshape(-1), rng, cfg.critic_iterations, cfg.critic_minibatches,
+            sharpness=bool(cfg.critic_sharpness and cfg.sharpness),
+        )  # fmt: skip
         ret, finished, count = finished_returns(state, traj)
+        fields = {
+            "critic_params": params,
+            "critic_opt_state": opt_state,
+            "target_critic_params": optax.incremental_update(
+                params, state.target_critic_params, 1.0 - cfg.target_critic_alpha
+            ),
+            "skipped_critic": state.skipped_critic + skipped,
+            "normalizer": networks.update_normalizer(state.normalizer, obs)
+            if cfg.normalize_observations
+            else state.normalizer,
+            "episode_return": ret,
+            "finished_returns": finished,
+            "finished_count": count,
+        }
+        return fields, {"critic_loss": loss}
+
+    def combine(self, state: TrainState, ro: Rollout, actor: tuple, fitted: tuple) -> tuple[TrainState, dict]:
+        """The next training state and the epoch's metrics from the two halves of the epoch."""
         new = state.replace(
-            actor_params=actor_params,
-            critic_params=critic_params,
-            target_critic_params=target,
-            actor_opt_state=actor_opt,
-            critic_opt_state=critic_opt,
-            normalizer=normalizer,
-            env_state=env_state,
-            episode_step=ep_step,
-            episode_return=ret,
-            finished_returns=finished,
-            finished_count=count,
-            key=key,
+            **actor[0], **fitted[0], env_state=ro.env_state, episode_step=ro.episode_step, key=ro.next_key,
             epoch=state.epoch + 1,
-            skipped_actor=state.skipped_actor + (~ok).astype(jnp.int32),
-            skipped_critic=skipped_critic,
-        )
-        metrics = {"actor_loss": loss, "critic_loss": critic_loss, "grad_norm": optax.tree.norm(grad), "update_ok": ok}
-        return new, metrics
+        )  # fmt: skip
+        return new, {**actor[1], **fitted[1]}
+
+    def epoch(self, state: TrainState) -> tuple[TrainState, dict[str, jax.Array]]:
+        """One epoch as one pure function (what :meth:`epoch_fn` computes, in one program)."""
+        ro = self.forward(state)
+        return self.combine(state, ro, self.actor_step(state, ro), self.critic_step(state, ro.traj, ro.critic_key))
+
+    def epoch_fn(self, state: TrainState) -> tuple[TrainState, dict[str, jax.Array]]:
+        """One epoch, compiled, with the critic's fit in a second thread during the actor's backward pass.
+
+        The fit reads only the forward pass (the target critic's values, the visited observations), so
+        running it beside the backward pass changes no number; XLA runs the independent parts of one
+        program one after the other on the CPU, two programs in two threads at once.
+        """
+        ro = self._forward(state)
+        fitted = self._critic_thread.submit(lambda: jax.block_until_ready(self._critic(state, ro.traj, ro.critic_key)))
+        actor = self._actor(state, ro)
+        return self._combine(state, ro.replace(pullback=None, traj=None), actor, fitted.result())
 
 
 _LEARNERS: dict[tuple, Learner] = {}
@@ -292,15 +300,6 @@ def learner_for(config: SHACConfig, task: Task) -> Learner:
     if hit is None or hit.task.env is not task.env:
         hit = _LEARNERS[key] = Learner(dataclasses.replace(config, seed=0), task)
     return hit
-
-
-def _tree_finite(tree) -> jax.Array:
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
-
-
-def _select(ok: jax.Array, new, old):
-    return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
 
 
 ProgressFn = Callable[[dict[str, Any]], None]
