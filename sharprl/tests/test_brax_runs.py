@@ -24,6 +24,7 @@ from sharprl.envs import (
     upright_barrier,
 )
 from sharprl.evaluate import evaluate
+from sharprl.networks import PolicySpec, policy_factory
 from sharprl.shac_config import preset
 
 EPOCHS = 20
@@ -86,6 +87,29 @@ def test_cli_evaluate_is_deterministic_and_takes_perturbations(cli_run):
     best = runner.invoke(app, ["evaluate", str(out / checkpoint.BEST_DIR), "--episodes", "4", "--json"])
     assert best.exit_code == 0, best.output  # the best-evaluated policy (here the only evaluation's)
     assert json.loads(best.output.strip().splitlines()[-1])["returns"] == a["returns"]
+
+
+def test_cli_evaluate_on_another_backend_than_the_one_trained_on(cli_run):
+    out, _ = cli_run
+    other = runner.invoke(app, ["evaluate", str(out), "--episodes", "4", "--json", "--backend", "positional"])
+    assert other.exit_code == 0, other.output
+    got = json.loads(other.output.strip().splitlines()[-1])
+    assert (got["backend"], got["trained_backend"]) == ("positional", "spring") and len(got["returns"]) == 4
+    nominal = runner.invoke(app, ["evaluate", str(out), "--episodes", "4", "--json"]).output
+    nominal = json.loads(nominal.strip().splitlines()[-1])
+    assert got["returns"] != nominal["returns"]  # other contact and integration: other episodes
+    text = runner.invoke(app, ["evaluate", str(out), "--episodes", "2", "--backend", "positional"]).output
+    assert "(positional; trained on spring)" in text
+    bad = runner.invoke(app, ["evaluate", str(out), "--backend", "bullet"])
+    assert bad.exit_code == 2 and "unknown backend 'bullet'" in bad.output and "Traceback" not in bad.output
+
+
+def test_cli_evaluate_refuses_a_policy_built_for_other_sizes(tmp_path):
+    spec = PolicySpec(observation_size=5, action_size=1, hidden_sizes=(4,))  # cartpole observes 4 numbers
+    params = policy_factory(spec)[1](jax.random.PRNGKey(0))
+    checkpoint.save(tmp_path, spec=spec, policy_params=params, meta={"env": "cartpole", "backend": "spring"})
+    result = runner.invoke(app, ["evaluate", str(tmp_path), "--episodes", "2"])
+    assert result.exit_code == 2 and "sizes (4, 1)" in result.output and "(5, 1)" in result.output
 
 
 def test_zero_perturbation_equals_nominal_and_real_ones_change_returns(cli_run):

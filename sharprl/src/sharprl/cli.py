@@ -140,6 +140,10 @@ class _progress:
         self.bar.stop()
 
 
+def _backends(evaluated: str, trained: str) -> str:
+    return evaluated if evaluated == trained else f"{evaluated}; trained on {trained}"
+
+
 @app.command()
 @user_errors
 def evaluate(
@@ -151,9 +155,12 @@ def evaluate(
     gravity: Annotated[float, typer.Option(help="gravity scale")] = 1.0,
     seed: Annotated[int, typer.Option(help="evaluation seed (same seed, same numbers)")] = 0,
     stochastic: Annotated[bool, typer.Option("--stochastic", help="sample actions instead of the mean")] = False,
+    backend: Annotated[
+        str | None, typer.Option(help="physics backend to evaluate on (default: the one trained on)")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
-    """Mean and std of the episode return of a trained policy, optionally perturbed."""
+    """Mean and std of the episode return of a trained policy, optionally perturbed or on another backend."""
     from sharprl import checkpoint
     from sharprl.envs import Perturbation, make_task
     from sharprl.evaluate import evaluate as run_evaluation
@@ -161,17 +168,25 @@ def evaluate(
     enable_compilation_cache()
     loaded = checkpoint.load_policy(run_dir)
     meta = loaded.meta
-    task = make_task(meta["env"], meta["backend"], episode_length=int(meta.get("episode_length", 1000)))
+    task = make_task(meta["env"], backend or meta["backend"], episode_length=int(meta.get("episode_length", 1000)))
+    sizes = (task.observation_size, task.action_size)
+    if sizes != (loaded.spec.observation_size, loaded.spec.action_size):
+        raise SharprlError(
+            f"{meta['env']} on {task.backend} has (observation, action) sizes {sizes}; the policy was built for "
+            f"{(loaded.spec.observation_size, loaded.spec.action_size)}"
+        )
     pert = Perturbation(action_noise, friction, mass, gravity)
     res = run_evaluation(loaded.make_policy, loaded.params, task, pert, episodes, seed, deterministic=not stochastic)
     if as_json:
         out = res.to_json()
         out.update(run_dir=str(run_dir), algo=meta.get("algo"), env=meta["env"], env_steps=meta.get("env_steps"))
+        out.update(backend=task.backend, trained_backend=meta["backend"])
         typer.echo(json.dumps(out))
     else:
         typer.echo(
-            f"{meta.get('algo')} on {meta['env']} ({meta['backend']}), {meta.get('env_steps')} env steps: "
-            f"return {res.mean_return:.1f} +- {res.std_return:.1f} over {episodes} episodes "
+            f"{meta.get('algo')} on {meta['env']} ({_backends(task.backend, meta['backend'])}), "
+            f"{meta.get('env_steps')} env steps: return {res.mean_return:.1f} +- {res.std_return:.1f} "
+            f"over {episodes} episodes "
             f"(mean length {res.mean_length:.0f}; noise {action_noise}, friction {friction}, mass {mass})"
         )
 
