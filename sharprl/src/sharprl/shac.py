@@ -4,10 +4,12 @@ One epoch: roll the current env states ``horizon`` steps with the stochastic act
 through the differentiable Brax physics), form the short-horizon actor loss (discounted rewards plus
 the target critic's value at the end of the window or of a finished episode), take its gradient
 w.r.t. the actor (optionally the SAM/ASAM gradient from the same start states, keys and normaliser
-statistics), then fit the critic to TD(lambda) targets built from the same rollout. Gradients stop at
-the window's start and at every reset. Episodes terminate early (value 0) or are truncated at
-``episode_length`` (bootstrapped with the target critic on the observation before the reset). An
-update whose loss or gradient is not finite is skipped and counted.
+statistics), and fit the critic to TD(lambda) targets from the same rollout (``sharprl.critic``; it
+needs only the forward pass, so training fits it in a second thread beside the actor's backward
+pass: :meth:`Learner.epoch_fn`). Gradients stop at the window's start and at every reset. Episodes
+terminate early (value 0) or are truncated at ``episode_length`` (bootstrapped with the target
+critic on the observation before the reset). An update whose loss or gradient is not finite is
+skipped and counted.
 """
 
 from __future__ import annotations
