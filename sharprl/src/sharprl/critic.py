@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from sharprl.guards import select, tree_finite
+
 ApplyFn = Callable[[Any, jax.Array], jax.Array]  # (critic params, (..., obs)) -> (...) values
 
 
@@ -76,13 +78,3 @@ def fit(
     (params, opt_state, skipped), losses = jax.lax.scan(minibatch, (params, opt_state, jnp.int32(0)), idx)
     return params, opt_state, skipped, losses[-minibatches:].mean()
 
-
-def tree_finite(tree) -> jax.Array:
-    """() bool: every leaf of ``tree`` is finite."""
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
-
-
-def select(ok: jax.Array, new, old):
-    """``new`` where ``ok`` else ``old``, leaf by leaf."""
-    return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sharprl import checkpoint, critic, networks, sharpness
+from sharprl import checkpoint, critic, guards, networks, sharpness
 from sharprl.envs import Task, healthy_barrier, upright_barrier
 from sharprl.errors import SharprlError
 from sharprl.evaluate import evaluate
@@ -229,10 +229,10 @@ class Learner:
 
         extra = {"grad_fn": jax.grad(loss_only)} if self.config.sharpness else {}
         updates, opt_state = self.actor_opt.update(grad, state.actor_opt_state, state.actor_params, **extra)
-        ok = jnp.isfinite(ro.loss) & critic.tree_finite(grad) & critic.tree_finite(updates)
+        ok = jnp.isfinite(ro.loss) & guards.tree_finite(grad) & guards.tree_finite(updates)
         fields = {
-            "actor_params": critic.select(ok, optax.apply_updates(state.actor_params, updates), state.actor_params),
-            "actor_opt_state": critic.select(ok, opt_state, state.actor_opt_state),
+            "actor_params": guards.select(ok, optax.apply_updates(state.actor_params, updates), state.actor_params),
+            "actor_opt_state": guards.select(ok, opt_state, state.actor_opt_state),
             "skipped_actor": state.skipped_actor + (~ok).astype(jnp.int32),
         }
         return fields, {"actor_loss": ro.loss, "grad_norm": optax.tree.norm(grad), "update_ok": ok}
