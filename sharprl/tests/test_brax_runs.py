@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -102,6 +103,22 @@ def test_cli_evaluate_on_another_backend_than_the_one_trained_on(cli_run):
     assert "(positional; trained on spring)" in text
     bad = runner.invoke(app, ["evaluate", str(out), "--backend", "bullet"])
     assert bad.exit_code == 2 and "unknown backend 'bullet'" in bad.output and "Traceback" not in bad.output
+
+
+def test_cli_trains_under_a_perturbation_and_resumes_only_under_the_same(cli_run, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(cli_run[0], out)
+    metrics = (out / checkpoint.METRICS_FILE).read_text()
+    args = ["train", "--env", "cartpole", "--algo", "shac-asam", "--env-steps", str(STEPS), "--out", str(out)]
+    refused = runner.invoke(app, [*args, "--episode-length", str(LENGTH), "--resume", "--mass", "1.2"])
+    assert refused.exit_code == 2 and "cannot resume: checkpoint train_perturbation" in refused.output
+    assert (out / checkpoint.METRICS_FILE).read_text() == metrics  # nothing saved was touched
+    perturbed = tmp_path / "perturbed"
+    args = ["train", "--env", "cartpole", "--algo", "shac", "--env-steps", "256", "--out", str(perturbed), "--quiet"]
+    result = runner.invoke(app, [*args, "--action-noise", "0.1", "--mass", "1.2", "--episode-length", str(LENGTH)])
+    assert result.exit_code == 0, result.output
+    recorded = checkpoint.load_meta(perturbed)["train_perturbation"]
+    assert recorded == {"action_noise": 0.1, "friction_scale": 1.0, "mass_scale": 1.2, "gravity_scale": 1.0}
 
 
 def test_cli_evaluate_refuses_a_policy_built_for_other_sizes(tmp_path):

@@ -170,8 +170,9 @@ class _Run:
         self.on_row(row)
 
 
-def _start(run_dir: Path, algo: str, resume: bool) -> tuple[dict[str, Any] | None, int]:
-    """Prepare ``run_dir``; returns (checkpoint meta or None, metrics rows to keep)."""
+def _start(run_dir: Path, base_meta: dict[str, Any], resume: bool) -> tuple[dict[str, Any] | None, int]:
+    """Prepare ``run_dir`` for a run described by ``base_meta``; returns (checkpoint meta or None, metrics
+    rows to keep). A checkpoint from other settings is refused before anything in ``run_dir`` changes."""
     run_dir.mkdir(parents=True, exist_ok=True)
     if not checkpoint.has_checkpoint(run_dir):
         checkpoint.start_fresh(run_dir)
@@ -179,8 +180,9 @@ def _start(run_dir: Path, algo: str, resume: bool) -> tuple[dict[str, Any] | Non
     if not resume:
         raise SharprlError(f"{run_dir}: already holds a checkpoint; pass --resume or another --out")
     meta = checkpoint.load_meta(run_dir)
-    if meta.get("algo") != algo:
-        raise SharprlError(f"{run_dir}: checkpoint is from algo {meta.get('algo')!r}, not {algo!r}")
+    if meta.get("algo") != base_meta["algo"]:
+        raise SharprlError(f"{run_dir}: checkpoint is from algo {meta.get('algo')!r}, not {base_meta['algo']!r}")
+    checkpoint.check_resumable(run_dir, meta, base_meta)
     checkpoint.truncate_metrics(run_dir, int(meta["metrics_rows"]))
     return meta, int(meta["metrics_rows"])
 
@@ -199,13 +201,10 @@ def _base_meta(algo: str, task: Task, seed: int, config) -> dict[str, Any]:
 def _open_run(run_dir: Path, algo: str, task: Task, seed: int, config, resume: bool,
               on_row: RowFn) -> tuple[dict[str, Any] | None, _Run, Any]:
     """Prepare ``run_dir`` for a baseline run; returns (checkpoint meta or None, its _Run, make_policy)."""
-    meta, rows = _start(run_dir, algo, resume)
-    if meta is not None and meta.get("config") != checkpoint.config_json(config):
-        raise SharprlError(f"{run_dir}: cannot resume: checkpoint config {meta.get('config')!r} "
-                           f"!= {checkpoint.config_json(config)!r}")
+    base_meta = _base_meta(algo, task, seed, config)
+    meta, rows = _start(run_dir, base_meta, resume)
     spec = policy_spec(algo, config, task)
-    run = _Run(run_dir, algo, spec, _base_meta(algo, task, seed, config), task, config.eval_episodes, on_row,
-               rows=rows)
+    run = _Run(run_dir, algo, spec, base_meta, task, config.eval_episodes, on_row, rows=rows)
     if meta is not None:
         run.env_steps_before = int(meta["env_steps"])
         run.wall_clock_before_s = float(meta.get("wall_s", 0.0))

@@ -75,6 +75,16 @@ def config_json(config: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
+RESUME_KEYS = ("algo", "env", "backend", "config", "train_perturbation")  # what a resumed run must share
+
+
+def check_resumable(run_dir: Path | str, stored: dict[str, Any], current: dict[str, Any]) -> None:
+    """SharprlError unless the checkpoint's metadata ``stored`` matches ``current`` on RESUME_KEYS."""
+    for key in RESUME_KEYS:
+        if stored.get(key) != current[key]:
+            raise SharprlError(f"{run_dir}: cannot resume: checkpoint {key} {stored.get(key)!r} != {current[key]!r}")
+
+
 def all_finite(tree: Any) -> bool:
     """True when every floating-point leaf of ``tree`` is finite."""
     for leaf in jax.tree_util.tree_leaves(tree):

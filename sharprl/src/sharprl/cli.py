@@ -47,6 +47,13 @@ def _fmt(value: Any) -> str:
     return f"{value:,.1f}" if isinstance(value, float) and math.isfinite(value) else "-"
 
 
+# Perturbation flags shared by train (the task trained on) and evaluate (relative to the nominal task).
+ActionNoise = Annotated[float, typer.Option(help="Gaussian action noise std, fraction of the action range")]
+Friction = Annotated[float, typer.Option(help="contact friction scale")]
+Mass = Annotated[float, typer.Option(help="body mass scale")]
+Gravity = Annotated[float, typer.Option(help="gravity scale")]
+
+
 @app.command()
 @user_errors
 def train(
@@ -59,13 +66,20 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="continue OUT from its checkpoint")] = False,
     backend: Annotated[str | None, typer.Option(help="Brax backend (default: best by gradcheck)")] = None,
     episode_length: Annotated[int, typer.Option(help="episode time limit in steps")] = 1000,
+    action_noise: ActionNoise = 0.0,
+    friction: Friction = 1.0,
+    mass: Mass = 1.0,
+    gravity: Gravity = 1.0,
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar (one line per evaluation instead)")] = False,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="config field override FIELD=VALUE, repeatable")
     ] = None,
 ) -> None:
-    """Train a policy; metrics go to OUT/metrics.csv, checkpoints to OUT/checkpoint.msgpack."""
-    from sharprl.envs import make_task
+    """Train a policy; metrics go to OUT/metrics.csv, checkpoints to OUT/checkpoint.msgpack.
+
+    The perturbation flags change the task trained on (and its training-time evaluations); `evaluate`
+    measures against the nominal task unless given its own."""
+    from sharprl.envs import Perturbation, make_task
     from sharprl.overrides import parse_overrides
 
     if algo not in TRAIN_ALGOS:
@@ -82,8 +96,9 @@ def train(
             raise SharprlError("--env-steps is required for apg and ppo")
         config_cls = baselines.config_class(algo)
         overrides = parse_overrides(set_ or [], config_cls, {})
+    pert = Perturbation(action_noise, friction, mass, gravity)
     enable_compilation_cache()
-    task = make_task(env, backend, episode_length=episode_length)
+    task = make_task(env, backend, pert, episode_length=episode_length)
     if algo.startswith("shac"):
         config = preset(env, algo, rho=rho, seed=seed, env_steps=env_steps, episode_length=episode_length, **overrides)
         total = config.epochs * config.env_steps_per_epoch
@@ -149,10 +164,10 @@ def _backends(evaluated: str, trained: str) -> str:
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="a run directory written by `sharprl train`")],
     episodes: Annotated[int, typer.Option(help="episodes (run in parallel)")] = 16,
-    action_noise: Annotated[float, typer.Option(help="Gaussian action noise std, fraction of the action range")] = 0.0,
-    friction: Annotated[float, typer.Option(help="contact friction scale")] = 1.0,
-    mass: Annotated[float, typer.Option(help="body mass scale")] = 1.0,
-    gravity: Annotated[float, typer.Option(help="gravity scale")] = 1.0,
+    action_noise: ActionNoise = 0.0,
+    friction: Friction = 1.0,
+    mass: Mass = 1.0,
+    gravity: Gravity = 1.0,
     seed: Annotated[int, typer.Option(help="evaluation seed (same seed, same numbers)")] = 0,
     stochastic: Annotated[bool, typer.Option("--stochastic", help="sample actions instead of the mean")] = False,
     backend: Annotated[

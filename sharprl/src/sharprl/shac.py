@@ -335,11 +335,7 @@ def train(
     }
     if run_dir is not None and resume and checkpoint.has_checkpoint(run_dir):
         state, meta = checkpoint.load_train_state(run_dir, state)
-        for key in ("algo", "env", "backend", "config"):
-            if meta.get(key) != meta_base[key]:
-                raise SharprlError(
-                    f"{run_dir}: cannot resume: checkpoint {key} {meta.get(key)!r} != {meta_base[key]!r}"
-                )
+        checkpoint.check_resumable(run_dir, meta, meta_base)
         checkpoint.truncate_metrics(run_dir, int(meta["metrics_rows"]))
         rows = checkpoint.read_metrics(run_dir)
         wall_offset_s = float(meta["wall_s"])
