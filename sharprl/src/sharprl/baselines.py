@@ -180,9 +180,7 @@ def _start(run_dir: Path, base_meta: dict[str, Any], resume: bool) -> tuple[dict
     if not resume:
         raise SharprlError(f"{run_dir}: already holds a checkpoint; pass --resume or another --out")
     meta = checkpoint.load_meta(run_dir)
-    if meta.get("algo") != base_meta["algo"]:
-        raise SharprlError(f"{run_dir}: checkpoint is from algo {meta.get('algo')!r}, not {base_meta['algo']!r}")
-    checkpoint.check_resumable(run_dir, meta, base_meta)
+    checkpoint.check_resumable(run_dir, meta, base_meta)  # algo first, then env, backend, config, perturbation
     checkpoint.truncate_metrics(run_dir, int(meta["metrics_rows"]))
     return meta, int(meta["metrics_rows"])
 
