@@ -17,14 +17,19 @@ brax's per-epoch overhead: measured alone, brax APG with 1 update per epoch ran 
 throughput with 5 (more updates per round favour APG, fewer favour SHAC; 5 is the default).
 
     python sharprl/benchmarks/bench_shac.py [--env ant] [--updates 5] [--rounds 5] [--horizon H] [--envs N]
+        [--shards K] [--cpu-devices D]
 
 ``--horizon`` / ``--envs`` replace the preset's window and env count for SHAC and APG alike (e.g.
-``--horizon 16 --envs 32``, the setting the README recommends for Ant).
+``--horizon 16 --envs 32``, the setting the README recommends for Ant). SHAC runs as training does:
+its envs in ``--shards`` threads (default: one per core, :mod:`sharprl.schedule`). Brax's APG uses
+every JAX device, and JAX shows the CPU as one device unless told otherwise: ``--cpu-devices 2``
+makes it two (``jax_num_cpu_devices``), so APG splits its envs over both cores with ``pmap`` too.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -43,11 +48,11 @@ from sharprl.shac_config import preset
 class ShacRounds:
     """SHAC, SHAC-SAM and SHAC-ASAM learners, compiled; ``round()`` times ``updates`` epochs of each."""
 
-    def __init__(self, algos: tuple[str, ...], env: str, updates: int, task, sizes: dict[str, int]) -> None:
+    def __init__(self, algos: tuple[str, ...], env: str, updates: int, task, sizes: dict[str, int], shards) -> None:
         self.updates, self.runs = updates, {}
         self.times: dict[str, list[float]] = {algo: [] for algo in algos}  # seconds per epoch, per round
         for algo in algos:
-            learner = Learner(preset(env, algo, episode_length=task.episode_length, **sizes), task)
+            learner = Learner(preset(env, algo, episode_length=task.episode_length, **sizes), task, shards)
             state = learner.init(jax.random.PRNGKey(0))
             for _ in range(2):  # compile, and any recompilation on the epoch's own output
                 state, _ = learner.epoch_fn(state)
@@ -103,7 +108,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of APG, SHAC, SAM and ASAM (median)")
     parser.add_argument("--horizon", type=int, default=None, help="window length (default: the preset's)")
     parser.add_argument("--envs", type=int, default=None, help="parallel envs (default: the preset's)")
+    parser.add_argument("--shards", type=int, default=None, help="SHAC's env shards (default: one per core)")
+    parser.add_argument("--cpu-devices", type=int, default=1, help="JAX CPU devices (brax APG pmaps over them)")
     args = parser.parse_args()
+    jax.config.update("jax_num_cpu_devices", args.cpu_devices)  # before JAX makes its CPU client
     enable_compilation_cache()  # compiled graphs persist across runs (SHARPRL_JAX_CACHE=off to disable)
     base = preset(args.env, "shac")
     sizes = {"horizon": args.horizon or base.horizon, "num_envs": args.envs or base.num_envs}
@@ -112,7 +120,9 @@ def main() -> None:
     steps = cfg.num_envs * cfg.horizon
     print(f"task {args.env} ({task.backend}), {cfg.num_envs} envs x horizon {cfg.horizon}, "
           f"episode length {task.episode_length}, {args.updates} timed updates")
-    shac = ShacRounds(("shac", "shac-sam", "shac-asam"), args.env, args.updates, task, sizes)
+    shac = ShacRounds(("shac", "shac-sam", "shac-asam"), args.env, args.updates, task, sizes, args.shards)
+    print(f"SHAC: {shac.runs['shac'][0].shards} env shards in as many threads; Brax APG: pmap over "
+          f"{jax.local_device_count()} CPU device(s); {len(os.sched_getaffinity(0))} cores")
     apg_sps = interleaved(cfg, args.updates, args.rounds, task, shac)
     shac_sps = [steps / t for t in shac.times["shac"]]
     print("per round, SHAC / APG env-steps/s: " + ", ".join(

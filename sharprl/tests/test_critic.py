@@ -1,18 +1,15 @@
-"""The critic's TD(lambda) targets and fit, and the epoch that fits it beside the actor's backward pass."""
+"""The critic's TD(lambda) targets and its minibatch fit."""
 
 from __future__ import annotations
-
-import threading
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from test_shac import TOY, _leaves_equal
-from toy_env import toy_task
+from test_shac import _leaves_equal
 
-from sharprl import critic, shac
+from sharprl import critic
 
 
 def _reference_targets(reward, done, next_value, gamma, lam):
@@ -63,33 +60,3 @@ def test_fit_regresses_the_targets_and_skips_non_finite_steps():
         apply, opt, params, opt.init(params), x, y.at[0].set(jnp.nan), jax.random.PRNGKey(2), 3, 1
     )  # one full batch per step: every step sees the NaN
     assert int(skipped) == 3 and _leaves_equal(bad, params)
-
-
-def test_the_epoch_fits_the_critic_in_a_second_thread_and_changes_no_number():
-    task = toy_task()
-    learner = shac.Learner(TOY, task)  # private: its compiled parts get instrumented
-    threads, original = [], learner._critic
-
-    def record(*args):
-        threads.append(threading.current_thread())
-        return original(*args)
-
-    learner._critic = record
-    state = learner.init(jax.random.PRNGKey(4))
-    piped, sequential, one_program = state, state, state
-    whole = jax.jit(learner.epoch)
-    for _ in range(3):
-        piped, m_piped = learner.epoch_fn(piped)
-        ro = learner._forward(sequential)  # the same compiled parts, one after the other in this thread
-        sequential, m_seq = learner._combine(
-            sequential, ro.replace(pullback=None, traj=None), learner._actor(sequential, ro),
-            original(sequential, ro.traj, ro.critic_key),
-        )  # fmt: skip
-        one_program, _ = whole(one_program)
-    assert threads and all(t is not threading.main_thread() for t in threads)
-    assert _leaves_equal(piped, sequential) and _leaves_equal(m_piped, m_seq)
-    for a, b in zip(jax.tree.leaves(piped), jax.tree.leaves(one_program), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)  # one program: same maths, other rounding
-    assert int(piped.epoch) == 3 and not _leaves_equal(piped.critic_params, state.critic_params)
-    for part in (learner._forward, learner._actor, original, learner._combine):
-        assert part._cache_size() == 1  # compiled once: the epoch's output feeds the next without retracing

@@ -45,32 +45,37 @@ def test_learning_raises_the_return_on_an_easy_task():
 def test_sam_second_gradient_uses_the_same_starts_keys_and_statistics():
     task = toy_task()
     cfg = dataclasses.replace(TOY, sharpness="sam", rho=0.1)
-    learner = shac.Learner(cfg, task)  # a private instance: its rollout loss gets instrumented
+    learner = shac.Learner(cfg, task, shards=2)  # a private instance: its rollout loss gets instrumented
     calls = []
 
-    def record(start_obs, reset_obs, rng, norm_mean, target_leaf, actor_leaves):
-        calls.append([np.asarray(x) for x in (start_obs, reset_obs, rng, norm_mean, target_leaf)] + [actor_leaves])
+    def record(start_obs, reset_obs, keys, norm_mean, target_leaf, actor_leaves):
+        calls.append([np.asarray(x) for x in (start_obs, reset_obs, keys, norm_mean, target_leaf)] + [actor_leaves])
 
     original = learner.rollout_loss
 
-    def instrumented(actor_params, state, reset_states, rng):
+    def instrumented(actor_params, state, reset_states, env_keys):
         flat = jnp.concatenate([x.ravel() for x in jax.tree.leaves(actor_params)])
         jax.debug.callback(
-            lambda *a: record(*a[:5], np.asarray(a[5])), state.env_state.obs, reset_states.obs, rng,
+            lambda *a: record(*a[:5], np.asarray(a[5])), state.env_state.obs, reset_states.obs, env_keys,
             state.normalizer.mean, jax.tree.leaves(state.target_critic_params)[0], flat,
         )  # fmt: skip
-        return original(actor_params, state, reset_states, rng)
+        return original(actor_params, state, reset_states, env_keys)
 
     learner.rollout_loss = instrumented
+    learner.epoch_fn = shac.schedule.ThreadedEpoch(learner)  # compiles the instrumented loss
     state = learner.init(jax.random.PRNGKey(1))
     for _ in range(2):  # the second epoch has non-trivial normaliser statistics
         state, m = learner.epoch_fn(state)
-    assert len(calls) == 4  # two loss evaluations per epoch: at theta and at theta + eps
-    for first, second in (calls[0:2], calls[2:4]):
+    # per epoch and shard (threads: any order) two loss evaluations, at theta and at theta + eps
+    assert len(calls) == 8 and all(c[0].shape[0] == TOY.num_envs // 2 for c in calls)
+    groups: dict[bytes, list] = {}
+    for c in calls:
+        groups.setdefault(c[0].tobytes(), []).append(c)
+    assert sorted(len(g) for g in groups.values()) == [2, 2, 2, 2]  # 4 distinct shard windows, 2 calls each
+    for first, second in groups.values():
         for a, b in zip(first[:5], second[:5]):
             np.testing.assert_array_equal(a, b)
         assert np.isclose(np.linalg.norm(second[5] - first[5]), 0.1, rtol=1e-3)  # ||eps|| = rho
-    assert not np.array_equal(calls[0][0], calls[2][0])  # the next epoch starts elsewhere
 
 
 def test_sam_leaves_the_critic_and_normaliser_as_plain_shac_does():
@@ -93,7 +98,7 @@ def _with_and_without(shaped: SHACConfig, plain: SHACConfig, set_obs):
     state = learners[0].init(jax.random.PRNGKey(3))
     state = state.replace(env_state=state.env_state.replace(obs=set_obs(state.env_state.obs)))
     resets = jax.vmap(task.reset)(jax.random.split(jax.random.PRNGKey(4), TOY.num_envs))
-    args = (state.actor_params, state, resets, jax.random.PRNGKey(5))
+    args = (state.actor_params, state, resets, jax.random.split(jax.random.PRNGKey(5), TOY.num_envs))
     out = [jax.value_and_grad(learner.rollout_loss, has_aux=True)(*args) for learner in learners]
     (loss_s, (traj_s, _, _)), grad_s = out[0]
     (loss_p, (traj_p, _, _)), grad_p = out[1]
@@ -140,7 +145,7 @@ def test_actor_loss_is_the_windows_discounted_returns_plus_bootstrapped_values()
     learner = shac.Learner(cfg, task)
     state = learner.init(jax.random.PRNGKey(6))
     resets = jax.vmap(task.reset)(jax.random.split(jax.random.PRNGKey(7), cfg.num_envs))
-    args = (state.actor_params, state, resets, jax.random.PRNGKey(8))
+    args = (state.actor_params, state, resets, jax.random.split(jax.random.PRNGKey(8), cfg.num_envs))
     (loss, (traj, _, _)), grad = jax.value_and_grad(learner.rollout_loss, has_aux=True)(*args)
     reward, cut, ep_done, value = (np.asarray(traj[k], np.float64) for k in ("reward", "done", "ep_done", "next_value"))
     assert cut[:-1].any() and cut[-1].all()  # windows cut inside the horizon, and all at its end

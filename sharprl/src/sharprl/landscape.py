@@ -105,7 +105,7 @@ def actor_loss(run_dir: str | Path, spec: SharpnessSpec = SharpnessSpec()) -> Ac
     def hvp(p, v, s, r, k):
         return jax.jvp(lambda q: jax.grad(loss)(q, s, r, k), (p,), (v,))[1]
 
-    bind = {"s": state, "r": resets, "k": k_roll}
+    bind = {"s": state, "r": resets, "k": jax.random.split(k_roll, n)}  # one rollout key per env
     return ActorLoss(state.actor_params, partial(value, **bind), partial(grad, **bind), partial(hvp, **bind), meta)
 
 

@@ -4,12 +4,12 @@ One epoch: roll the current env states ``horizon`` steps with the stochastic act
 through the differentiable Brax physics), form the short-horizon actor loss (discounted rewards plus
 the target critic's value at the end of the window or of a finished episode), take its gradient
 w.r.t. the actor (optionally the SAM/ASAM gradient from the same start states, keys and normaliser
-statistics), and fit the critic to TD(lambda) targets from the same rollout (``sharprl.critic``; it
-needs only the forward pass, so training fits it in a second thread beside the actor's backward
-pass: :meth:`Learner.epoch_fn`). Gradients stop at the window's start and at every reset. Episodes
-terminate early (value 0) or are truncated at ``episode_length`` (bootstrapped with the target
-critic on the observation before the reset). An update whose loss or gradient is not finite is
-skipped and counted.
+statistics), and fit the critic to TD(lambda) targets from the same rollout (``sharprl.critic``).
+Training runs the epoch's parts in threads (:mod:`sharprl.schedule`): the envs in shards, each with
+its own forward and backward pass, and the critic's fit beside the backward passes. Gradients stop
+at the window's start and at every reset. Episodes terminate early (value 0) or are truncated at
+``episode_length`` (bootstrapped with the target critic on the observation before the reset). An
+update whose loss or gradient is not finite is skipped and counted.
 """
 
 from __future__ import annotations
@@ -17,64 +17,34 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
 
-from sharprl import checkpoint, critic, guards, networks, sharpness
+from sharprl import checkpoint, critic, guards, networks, schedule, sharpness
 from sharprl.envs import Task, healthy_barrier, upright_barrier
 from sharprl.errors import SharprlError
 from sharprl.evaluate import evaluate
 from sharprl.returns import RETURN_WINDOW, finished_returns, mean_training_return
 from sharprl.shac_config import SHACConfig
-
-
-@flax.struct.dataclass
-class TrainState:
-    """Everything that changes during training (a pytree, checkpointed for --resume)."""
-
-    actor_params: Any  # flax params of the Gaussian actor
-    critic_params: Any  # flax params of the value critic
-    target_critic_params: Any  # slowly-updated copy of the critic
-    actor_opt_state: Any  # optax state of the (SAM/ASAM-wrapped) actor optimiser
-    critic_opt_state: Any  # optax state of the critic optimiser
-    normalizer: networks.NormalizerState  # running observation statistics
-    env_state: Any  # brax State batched over num_envs
-    episode_step: jax.Array  # (num_envs,) int32 steps into the current episode
-    episode_return: jax.Array  # (num_envs,) raw return of the current episode so far
-    finished_returns: jax.Array  # (RETURN_WINDOW,) ring buffer of finished episodes' returns
-    finished_count: jax.Array  # () int32 number of finished episodes so far
-    key: jax.Array  # (2,) uint32 PRNG key
-    epoch: jax.Array  # () int32 epochs done
-    skipped_actor: jax.Array  # () int32 actor updates skipped (non-finite)
-    skipped_critic: jax.Array  # () int32 critic updates skipped (non-finite)
-
-
-@flax.struct.dataclass
-class Rollout:
-    """One epoch's forward pass: what the actor's backward pass and the critic's fit start from."""
-
-    loss: jax.Array  # () short-horizon actor loss at the current actor
-    pullback: Any  # jax.vjp pullback of the loss w.r.t. the actor params (holds the rollout's residuals)
-    traj: dict[str, jax.Array]  # (horizon, n) per-step rollout data, no gradient (see rollout_loss)
-    env_state: Any  # brax State batched over n: where the next window starts
-    episode_step: jax.Array  # (n,) int32 steps into each episode at the window's end
-    reset_states: Any  # brax State batched over n: the resets this window used (SAM replays them)
-    rollout_key: jax.Array  # (2,) the window's key (SAM's second gradient replays it)
-    critic_key: jax.Array  # (2,) key of the critic's minibatch shuffles
-    next_key: jax.Array  # (2,) the training state's key for the next epoch
+from sharprl.shac_state import Rollout, TrainState, Window
 
 
 class Learner:
-    """The networks, optimisers and jitted epoch function for one (config, task)."""
+    """The networks, optimisers and epoch function for one (config, task).
 
-    def __init__(self, config: SHACConfig, task: Task):
+    ``shards``: the envs are split into this many equal shards, each rolled out and differentiated in
+    its own thread (:mod:`sharprl.schedule`); the same maths up to float rounding for any count. None:
+    one per CPU core this process may use (:func:`schedule.default_shards`).
+    """
+
+    def __init__(self, config: SHACConfig, task: Task, shards: int | None = None):
         self.config, self.task = config, task
+        self.shards = schedule.check_shards(config.num_envs, shards)
+        self.shard_envs = config.num_envs // self.shards  # m: envs per shard
         self.spec = networks.PolicySpec(
             observation_size=task.observation_size,
             action_size=task.action_size,
@@ -94,9 +64,7 @@ class Learner:
         self.critic_opt = sharpness.wrap(
             self._adam(config.critic_lr, critic_updates), critic_mode, config.rho, config.asam_eta
         )
-        self._forward, self._actor = jax.jit(self.forward), jax.jit(self.actor_step)
-        self._critic, self._combine = jax.jit(self.critic_step), jax.jit(self.combine)
-        self._critic_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sharprl-critic")
+        self.epoch_fn = schedule.ThreadedEpoch(self)  # state -> (state, metrics), compiled parts in threads
         self.reset_fn = jax.jit(jax.vmap(task.reset))  # (num_envs, 2) keys -> batched env state
 
     def _adam(self, lr: float, steps: int) -> optax.GradientTransformation:
@@ -140,16 +108,18 @@ class Learner:
         return state.normalizer, state.actor_params
 
     # ---- the actor loss over one short-horizon window -------------------------------------------
-    def rollout_loss(self, actor_params, state: TrainState, reset_states, rng: jax.Array):
-        """Short-horizon actor loss and the rollout data the critic needs.
+    def rollout_loss(self, actor_params, state: TrainState, reset_states, env_keys: jax.Array):
+        """Short-horizon actor loss and the rollout data the critic needs, for the n envs of
+        ``state.env_state`` (all of them or one shard), with ``env_keys`` (n, 2) one key per env.
 
         Depends only on its arguments: calling it twice with the same ``state`` (start env states,
-        normaliser, target critic), ``reset_states`` and ``rng`` replays the same noise and resets.
+        normaliser, target critic), ``reset_states`` and ``env_keys`` replays the same noise and resets;
+        an env's noise depends only on its own key, so a shard of the envs replays its part of the batch.
         """
         cfg, task = self.config, self.task
         norm = state.normalizer if cfg.normalize_observations else None
         start = jax.lax.stop_gradient(state.env_state)
-        n = cfg.num_envs
+        n = env_keys.shape[0]
 
         def obs_norm(obs):
             return obs if norm is None else networks.normalize(obs, norm)
@@ -162,11 +132,13 @@ class Learner:
 
         def step(carry, inputs):
             env_state, ep_step, disc, rew_acc = carry  # (n,) each except env_state
-            rng_t, last = inputs
-            rng_pol, rng_noise = jax.random.split(rng_t)
+            keys_t, last = inputs  # (n, 2) this step's key per env
+            k_pol, k_env = jnp.moveaxis(jax.vmap(jax.random.split)(keys_t), 1, 0)  # (n, 2) each
             obs = env_state.obs  # (n, obs)
-            action = networks.gaussian_action(self.actor, actor_params, obs_norm(obs), rng_pol, False)
-            nxt = jax.vmap(task.step)(env_state, action, jax.random.split(rng_noise, n))
+            action = jax.vmap(lambda o, k: networks.gaussian_action(self.actor, actor_params, o, k, False))(
+                obs_norm(obs), k_pol
+            )  # (n, act)
+            nxt = jax.vmap(task.step)(env_state, action, k_env)
             finite = jnp.all(jnp.isfinite(nxt.obs), axis=-1) & jnp.isfinite(nxt.reward)  # (n,)
             reward = jnp.where(finite, nxt.reward, 0.0)  # (n,) raw
             shaped = reward  # (n,)
@@ -199,7 +171,9 @@ class Learner:
             step = jax.checkpoint(step, prevent_cse=False)
         lasts = jnp.arange(cfg.horizon) == cfg.horizon - 1
         init = (start, state.episode_step, jnp.ones(n), jnp.zeros(n))
-        (env_state, ep_step, _, _), traj = jax.lax.scan(step, init, (jax.random.split(rng, cfg.horizon), lasts))
+        step_keys = jax.vmap(lambda k: jax.random.split(k, cfg.horizon))(env_keys)  # (n, horizon, 2)
+        step_keys = jnp.swapaxes(step_keys, 0, 1)  # (horizon, n, 2)
+        (env_state, ep_step, _, _), traj = jax.lax.scan(step, init, (step_keys, lasts))
         # the target critic's value of every next state in one batched call, not one per step
         next_obs = traj.pop("next_obs")  # (horizon, n, obs)
         value = self.critic.apply(state.target_critic_params, obs_norm(next_obs))  # (horizon, n)
@@ -209,38 +183,64 @@ class Learner:
         loss = loss / (cfg.horizon * n)
         return loss, (traj, jax.lax.stop_gradient(env_state), ep_step)
 
-    # ---- one epoch: forward pass, then the actor's backward pass beside the critic's fit ----------
-    def forward(self, state: TrainState) -> Rollout:
-        """The window's rollout and actor loss, with the pullback that gives the actor gradient."""
+    # ---- one epoch: per shard a forward pass, then the actor's backward pass beside the critic's fit --
+    def prepare(self, state: TrainState) -> Window:
+        """The epoch's resets and keys, shared by all shards (and by SAM's second gradient)."""
         key, k_reset, k_roll, k_critic = jax.random.split(state.key, 4)
-        reset_states = jax.vmap(self.task.reset)(jax.random.split(k_reset, self.config.num_envs))
+        n = self.config.num_envs
+        reset_states = jax.vmap(self.task.reset)(jax.random.split(k_reset, n))
+        return Window(reset_states, jax.random.split(k_roll, n), k_critic, key)
+
+    def shard_inputs(self, state: TrainState, window: Window, index: jax.Array) -> tuple[TrainState, Any, jax.Array]:
+        """Shard ``index``'s envs: the state with its start env states, its resets and its keys."""
+        m = self.shard_envs
+
+        def part(tree):
+            return jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, index * m, m), tree)
+
+        sub = state.replace(env_state=part(state.env_state), episode_step=part(state.episode_step))
+        return sub, part(window.reset_states), part(window.env_keys)
+
+    def forward(self, state: TrainState, window: Window, index: jax.Array) -> Rollout:
+        """Shard ``index``'s rollout and actor loss, with the pullback that gives its actor gradient."""
+        sub, resets, keys = self.shard_inputs(state, window, index)
         loss, pullback, (traj, env_state, ep_step) = jax.vjp(
-            lambda p: self.rollout_loss(p, state, reset_states, k_roll), state.actor_params, has_aux=True
+            lambda p: self.rollout_loss(p, sub, resets, keys), state.actor_params, has_aux=True
         )
-        return Rollout(loss, pullback, traj, env_state, ep_step, reset_states, k_roll, k_critic, key)
+        return Rollout(loss, pullback, traj, env_state, ep_step)
 
-    def actor_step(self, state: TrainState, ro: Rollout) -> tuple[dict[str, Any], dict[str, jax.Array]]:
-        """The actor gradient (SAM/ASAM: the gradient at theta + eps from the same starts and keys) and
-        the optimiser step; a non-finite loss, gradient or update leaves the actor as it was."""
-        (grad,) = ro.pullback(jnp.ones_like(ro.loss))
+    def backward(self, ro: Rollout) -> Any:
+        """The shard's actor gradient, from its forward pass's residuals."""
+        return ro.pullback(jnp.ones_like(ro.loss))[0]
 
-        def loss_only(p):
-            return self.rollout_loss(p, state, ro.reset_states, ro.rollout_key)[0]
+    def shard_grad(self, actor_params, state: TrainState, window: Window, index: jax.Array) -> Any:
+        """Shard ``index``'s actor gradient at ``actor_params`` from the epoch's starts, resets and keys."""
+        sub, resets, keys = self.shard_inputs(state, window, index)
+        return jax.grad(lambda p: self.rollout_loss(p, sub, resets, keys)[0])(actor_params)
 
-        extra = {"grad_fn": jax.grad(loss_only)} if self.config.sharpness else {}
+    def actor_step(
+        self, state: TrainState, loss: jax.Array, grad: Any, grad_fn: Callable | None = None
+    ) -> tuple[dict[str, Any], dict[str, jax.Array]]:
+        """The optimiser step from the loss and gradient at theta (SAM/ASAM: ``grad_fn(p)`` gives the
+        gradient at p from the same starts and keys); a non-finite loss, gradient or update leaves the
+        actor as it was."""
+        extra = {"grad_fn": grad_fn} if self.config.sharpness else {}
         updates, opt_state = self.actor_opt.update(grad, state.actor_opt_state, state.actor_params, **extra)
-        ok = jnp.isfinite(ro.loss) & guards.tree_finite(grad) & guards.tree_finite(updates)
+        ok = jnp.isfinite(loss) & guards.tree_finite(grad) & guards.tree_finite(updates)
         fields = {
             "actor_params": guards.select(ok, optax.apply_updates(state.actor_params, updates), state.actor_params),
             "actor_opt_state": guards.select(ok, opt_state, state.actor_opt_state),
             "skipped_actor": state.skipped_actor + (~ok).astype(jnp.int32),
         }
-        return fields, {"actor_loss": ro.loss, "grad_norm": optax.tree.norm(grad), "update_ok": ok}
+        return fields, {"actor_loss": loss, "grad_norm": optax.tree.norm(grad), "update_ok": ok}
 
-    def critic_step(self, state: TrainState, traj: dict, rng: jax.Array) -> tuple[dict[str, Any], dict[str, jax.Array]]:
+    def critic_step(
+        self, state: TrainState, trajs: tuple, rng: jax.Array
+    ) -> tuple[dict[str, Any], dict[str, jax.Array]]:
         """Fit the critic to the window's TD(lambda) targets, move the target critic, update the
-        observation statistics and the finished-episode returns. Needs only the forward pass."""
+        observation statistics and the finished-episode returns. Needs only the forward passes."""
         cfg = self.config
+        traj = jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=1), *trajs)  # (horizon, num_envs, ...)
         obs = traj["obs"].reshape(-1, traj["obs"].shape[-1])  # (horizon * n, obs)
         targets = critic.td_lambda_targets(traj["reward"], traj["done"], traj["next_value"], cfg.gamma, cfg.td_lambda)
         params, opt_state, skipped, loss = critic.fit(
@@ -266,30 +266,29 @@ class Learner:
         }
         return fields, {"critic_loss": loss}
 
-    def combine(self, state: TrainState, ro: Rollout, actor: tuple, fitted: tuple) -> tuple[TrainState, dict]:
-        """The next training state and the epoch's metrics from the two halves of the epoch."""
+    def combine(
+        self, state: TrainState, window: Window, ros: tuple, actor: tuple, fitted: tuple
+    ) -> tuple[TrainState, dict]:
+        """The next training state and the epoch's metrics from the shards' end states and the two updates."""
+        joined = jax.tree.map(lambda *xs: jnp.concatenate(xs), *[(ro.env_state, ro.episode_step) for ro in ros])
         new = state.replace(
-            **actor[0], **fitted[0], env_state=ro.env_state, episode_step=ro.episode_step, key=ro.next_key,
+            **actor[0], **fitted[0], env_state=joined[0], episode_step=joined[1], key=window.next_key,
             epoch=state.epoch + 1,
         )  # fmt: skip
         return new, {**actor[1], **fitted[1]}
 
     def epoch(self, state: TrainState) -> tuple[TrainState, dict[str, jax.Array]]:
-        """One epoch as one pure function (what :meth:`epoch_fn` computes, in one program)."""
-        ro = self.forward(state)
-        return self.combine(state, ro, self.actor_step(state, ro), self.critic_step(state, ro.traj, ro.critic_key))
+        """One epoch as one pure function (what :attr:`epoch_fn` computes with its parts in threads)."""
+        window = self.prepare(state)
+        ros = [self.forward(state, window, i) for i in range(self.shards)]
 
-    def epoch_fn(self, state: TrainState) -> tuple[TrainState, dict[str, jax.Array]]:
-        """One epoch, compiled, with the critic's fit in a second thread during the actor's backward pass.
+        def grad_fn(p):
+            return schedule.tree_mean([self.shard_grad(p, state, window, i) for i in range(self.shards)])
 
-        The fit reads only the forward pass (the target critic's values, the visited observations), so
-        running it beside the backward pass changes no number; XLA runs the independent parts of one
-        program one after the other on the CPU, two programs in two threads at once.
-        """
-        ro = self._forward(state)
-        fitted = self._critic_thread.submit(lambda: jax.block_until_ready(self._critic(state, ro.traj, ro.critic_key)))
-        actor = self._actor(state, ro)
-        return self._combine(state, ro.replace(pullback=None, traj=None), actor, fitted.result())
+        loss, grad = schedule.tree_mean([ro.loss for ro in ros]), schedule.tree_mean([self.backward(ro) for ro in ros])
+        actor = self.actor_step(state, loss, grad, grad_fn)
+        fitted = self.critic_step(state, tuple(ro.traj for ro in ros), window.critic_key)
+        return self.combine(state, window, ros, actor, fitted)
 
 
 _LEARNERS: dict[tuple, Learner] = {}
@@ -302,6 +301,11 @@ def learner_for(config: SHACConfig, task: Task) -> Learner:
     if hit is None or hit.task.env is not task.env:
         hit = _LEARNERS[key] = Learner(dataclasses.replace(config, seed=0), task)
     return hit
+
+
+def clear_learners() -> None:
+    """Forget the shared Learners (their compiled programs can then be freed)."""
+    _LEARNERS.clear()
 
 
 ProgressFn = Callable[[dict[str, Any]], None]
