@@ -58,6 +58,7 @@ class ThreadedEpoch:
         self.backward, self.shard_grad = jax.jit(learner.backward), jax.jit(learner.shard_grad)
         self.actor, self.critic = jax.jit(learner.actor_step), jax.jit(learner.critic_step)
         self.combine, self.mean = jax.jit(learner.combine), jax.jit(tree_mean)
+        self.finish = jax.jit(learner.actor_finish)
         self.shard_pool = ThreadPoolExecutor(max_workers=k, thread_name_prefix="sharprl-shard")
         self.critic_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sharprl-critic")
 
@@ -77,7 +78,8 @@ class ThreadedEpoch:
             def grad_fn(params):
                 return self.mean(self._each_shard(lambda i: self.shard_grad(params, state, window, i)))
 
-            actor = self.learner.actor_step(state, loss, grad, grad_fn)
+            opt = self.learner.actor_opt.update(grad, state.actor_opt_state, state.actor_params, grad_fn=grad_fn)
+            actor = self.finish(state, loss, grad, *opt)
         else:
             actor = self.actor(state, loss, grad)
         done = [ro.replace(pullback=None, traj=None) for ro in ros]

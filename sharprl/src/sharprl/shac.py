@@ -218,14 +218,16 @@ class Learner:
         sub, resets, keys = self.shard_inputs(state, window, index)
         return jax.grad(lambda p: self.rollout_loss(p, sub, resets, keys)[0])(actor_params)
 
-    def actor_step(
-        self, state: TrainState, loss: jax.Array, grad: Any, grad_fn: Callable | None = None
-    ) -> tuple[dict[str, Any], dict[str, jax.Array]]:
+    def actor_step(self, state: TrainState, loss, grad, grad_fn: Callable | None = None) -> tuple[dict, dict]:
         """The optimiser step from the loss and gradient at theta (SAM/ASAM: ``grad_fn(p)`` gives the
         gradient at p from the same starts and keys); a non-finite loss, gradient or update leaves the
         actor as it was."""
         extra = {"grad_fn": grad_fn} if self.config.sharpness else {}
         updates, opt_state = self.actor_opt.update(grad, state.actor_opt_state, state.actor_params, **extra)
+        return self.actor_finish(state, loss, grad, updates, opt_state)
+
+    def actor_finish(self, state: TrainState, loss, grad, updates, opt_state) -> tuple[dict, dict]:
+        """The actor's new fields from the optimiser's output, or its old ones if anything is not finite."""
         ok = jnp.isfinite(loss) & guards.tree_finite(grad) & guards.tree_finite(updates)
         fields = {
             "actor_params": guards.select(ok, optax.apply_updates(state.actor_params, updates), state.actor_params),
@@ -234,9 +236,7 @@ class Learner:
         }
         return fields, {"actor_loss": loss, "grad_norm": optax.tree.norm(grad), "update_ok": ok}
 
-    def critic_step(
-        self, state: TrainState, trajs: tuple, rng: jax.Array
-    ) -> tuple[dict[str, Any], dict[str, jax.Array]]:
+    def critic_step(self, state: TrainState, trajs: tuple, rng: jax.Array) -> tuple[dict, dict]:
         """Fit the critic to the window's TD(lambda) targets, move the target critic, update the
         observation statistics and the finished-episode returns. Needs only the forward passes."""
         cfg = self.config

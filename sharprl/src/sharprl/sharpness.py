@@ -73,7 +73,17 @@ def sharpness_aware(
 
     Call as ``optimizer.update(g, state, params, grad_fn=grad_fn)`` where ``g`` is the gradient at
     ``params`` and ``grad_fn(p)`` returns the gradient at ``p`` from the same data and randomness.
+    The steps before and after ``grad_fn`` are compiled (inlined when the update is itself traced),
+    so the update stays cheap when run eagerly around a ``grad_fn`` that dispatches its own compiled
+    programs, as :mod:`sharprl.schedule` does.
     """
+
+    @jax.jit
+    def ascend(updates, ascent_state, params):  # -> (theta + eps, ascent state)
+        eps, ascent_state = ascent.update(updates, ascent_state, params)
+        return optax.apply_updates(params, eps), ascent_state
+
+    inner_update = jax.jit(optimizer.update)
 
     def init_fn(params: optax.Params) -> SharpnessAwareState:
         return SharpnessAwareState(optimizer.init(params), ascent.init(params))
@@ -82,10 +92,9 @@ def sharpness_aware(
         del extra
         if grad_fn is None or params is None:
             raise SharprlError("sharpness-aware update needs params and grad_fn(params) -> gradient")
-        eps, ascent_state = ascent.update(updates, state.ascent_state, params)
-        perturbed = optax.apply_updates(params, eps)  # theta + eps
+        perturbed, ascent_state = ascend(updates, state.ascent_state, params)  # theta + eps
         sharp_grad = grad_fn(perturbed)
-        new_updates, inner_state = optimizer.update(sharp_grad, state.inner_state, params)
+        new_updates, inner_state = inner_update(sharp_grad, state.inner_state, params)
         return new_updates, SharpnessAwareState(inner_state, ascent_state)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
