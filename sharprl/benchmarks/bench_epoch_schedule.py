@@ -67,5 +67,6 @@ def main() -> None:
         print(f"ratio {name} / one program: {statistics.median(ratios):.3f} (median of the rounds' ratios "
               f"{', '.join(f'{r:.2f}' for r in ratios)})")
 
+
 if __name__ == "__main__":
     main()

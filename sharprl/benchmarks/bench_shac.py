@@ -29,7 +29,6 @@ makes it two (``jax_num_cpu_devices``), so APG splits its envs over both cores w
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 
@@ -41,6 +40,7 @@ from sharprl.brax_glue import NullEnv
 from sharprl.cli import enable_compilation_cache
 from sharprl.envs import make_task
 from sharprl.networks import activation_fn
+from sharprl.schedule import usable_cores
 from sharprl.shac import Learner
 from sharprl.shac_config import preset
 
@@ -122,7 +122,7 @@ def main() -> None:
           f"episode length {task.episode_length}, {args.updates} timed updates")
     shac = ShacRounds(("shac", "shac-sam", "shac-asam"), args.env, args.updates, task, sizes, args.shards)
     print(f"SHAC: {shac.runs['shac'][0].shards} env shards in as many threads; Brax APG: pmap over "
-          f"{jax.local_device_count()} CPU device(s); {len(os.sched_getaffinity(0))} cores")
+          f"{jax.local_device_count()} CPU device(s); {usable_cores()} cores")
     apg_sps = interleaved(cfg, args.updates, args.rounds, task, shac)
     shac_sps = [steps / t for t in shac.times["shac"]]
     print("per round, SHAC / APG env-steps/s: " + ", ".join(

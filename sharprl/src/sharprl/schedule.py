@@ -29,10 +29,14 @@ if TYPE_CHECKING:
     from sharprl.shac_state import TrainState
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def default_shards(num_envs: int) -> int:
     """One shard per CPU core this process may use, lowered to the largest divisor of ``num_envs``."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(k for k in range(1, min(cores, num_envs) + 1) if num_envs % k == 0)
+    return max(k for k in range(1, min(usable_cores(), num_envs) + 1) if num_envs % k == 0)
 
 
 def check_shards(num_envs: int, shards: int | None) -> int:
