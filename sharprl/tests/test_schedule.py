@@ -43,6 +43,10 @@ def test_sharded_threaded_epoch_equals_the_one_program_epoch(sharpness):
         s_whole, m_whole = whole(s_whole)
     assert int(s_two.epoch) == 3 and not _leaves_equal(s_two.actor_params, one.init(jax.random.PRNGKey(4)).actor_params)
     _close(s_two, s_whole)
+    again = one.init(jax.random.PRNGKey(4))
+    for _ in range(3):
+        again, _ = two.epoch_fn(again)
+    assert _leaves_equal(again, s_two)  # threads or not, a rerun gives the same numbers bit for bit
     _close(s_one, s_whole)
     _close(m_two, m_whole)
     assert len(threads["forward"]) == 2 and all(t.startswith("sharprl-shard") for t in threads["forward"])
